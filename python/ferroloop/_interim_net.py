@@ -1,0 +1,81 @@
+"""Networking for `Loop`, borrowed from CPython's own selector event loop (interim).
+
+ferroloop's native transports are not written yet. Until they are, the networking methods of
+`asyncio.AbstractEventLoop` (TCP and Unix connections and servers, UDP, TLS, sendfile, pipes,
+subprocesses) are CPython's implementations, taken unchanged from the interpreter's own
+`BaseEventLoop`, `BaseSelectorEventLoop` and `_UnixSelectorEventLoop` and bound to `Loop`. Their
+transports are CPython's Python transports; they register their sockets through the loop's native
+`_add_reader`/`_add_writer`, so all waiting and dispatch happens in ferroloop's engine.
+
+Taking the functions from the running interpreter (not copying their source) keeps them matched
+with that interpreter's transports, whatever its version. `Loop` provides what they expect of a
+selector loop: `_transports`, `_debug`, and the `_add_*`/`_remove_*` watcher methods.
+"""
+
+from __future__ import annotations
+
+from asyncio import base_events, selector_events, unix_events
+from typing import Any
+
+_BORROWED: dict[type, tuple[str, ...]] = {
+    base_events.BaseEventLoop: (
+        "_check_sendfile_params",
+        "_connect_sock",
+        "_create_connection_transport",
+        "_create_server_getaddrinfo",
+        "_ensure_resolved",
+        "_log_subprocess",
+        "_sendfile_fallback",
+        "_sock_sendfile_fallback",
+        "connect_accepted_socket",
+        "connect_read_pipe",
+        "connect_write_pipe",
+        "create_connection",
+        "create_datagram_endpoint",
+        "create_server",
+        "sendfile",
+        "sock_sendfile",
+        "start_tls",
+        "subprocess_exec",
+        "subprocess_shell",
+    ),
+    selector_events.BaseSelectorEventLoop: (
+        "_accept_connection",
+        "_accept_connection2",
+        "_ensure_fd_no_transport",
+        "_make_datagram_transport",
+        "_make_socket_transport",
+        "_make_ssl_transport",
+        "_sendfile_native",
+        "_start_serving",
+        "_stop_serving",
+    ),
+    unix_events._UnixSelectorEventLoop: (
+        "_child_watcher_callback",
+        "_make_read_pipe_transport",
+        "_make_subprocess_transport",
+        "_make_write_pipe_transport",
+        "_sock_add_cancellation_callback",
+        "_sock_sendfile_native",
+        "_sock_sendfile_native_impl",
+        "_sock_sendfile_update_filepos",
+        "create_unix_connection",
+        "create_unix_server",
+    ),
+}
+
+
+def _collect() -> dict[str, Any]:
+    methods: dict[str, Any] = {}
+    for source, names in _BORROWED.items():
+        # Later sources override earlier ones, as in CPython's own class hierarchy; a name a
+        # given Python version lacks is skipped.
+        methods.update({name: source.__dict__[name] for name in names if name in source.__dict__})
+    return methods
+
+
+InterimNetworking = type(
+    "InterimNetworking",
+    (),
+    {**_collect(), "__doc__": "CPython's networking methods, bound to ferroloop's engine (interim).", "__slots__": ()},
+)

@@ -1,0 +1,662 @@
+"""`Loop`: the full asyncio event loop, a Python subclass of the native engine.
+
+The native base (`_ferroloop.LoopBase`) owns everything that runs per callback or per event: the
+ready queue, the timer heap, fd watchers and the poll. This class adds what runs once per loop,
+per task or per call site: the running-loop and async-generator bookkeeping around
+`run_forever`, tasks and futures (CPython's own C-accelerated `asyncio.Future`/`asyncio.Task`),
+exception-handler dispatch, executors, name resolution, signals and the `sock_*` coroutines.
+
+Networking (transports, servers, TLS, pipes, subprocesses) comes, for now, from CPython's own
+selector loop running on this engine: see `_interim_net`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+import warnings
+import weakref
+from asyncio import coroutines, futures, tasks
+from typing import Any, Callable
+
+from . import _ferroloop, _resolve
+from ._interim_net import InterimNetworking
+
+logger = logging.getLogger("asyncio")
+
+# asyncio's depth for coroutine origin tracking in debug mode.
+_DEBUG_STACK_DEPTH = 10
+
+try:
+    import ssl
+except ImportError:  # pragma: no cover - CPython without OpenSSL
+    ssl = None  # type: ignore[assignment]
+
+
+def _debug_mode_from_environment() -> bool:
+    """asyncio's rule: `-X dev`, or PYTHONASYNCIODEBUG set and the environment honoured."""
+    return sys.flags.dev_mode or (not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG")))
+
+
+def _noop_signal_handler(signum: int, frame: object) -> None:
+    """Installed for signals the loop handles: the real work happens via the wakeup fd."""
+
+
+class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
+    """An asyncio event loop whose engine is written in Rust."""
+
+    def __init__(self) -> None:
+        self._task_factory: Callable[..., asyncio.Future[Any]] | None = None
+        self._exception_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
+        self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_shutdown_called = False
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._coroutine_origin_tracking = False
+        self._saved_origin_tracking_depth: int | None = None
+        self._signal_handlers: dict[int, _ferroloop.Handle] = {}
+        self._signal_socks: tuple[socket.socket, socket.socket] | None = None
+        # fd -> transport owning it, for the check that user watchers do not steal its fd.
+        self._transports: weakref.WeakValueDictionary[int, asyncio.BaseTransport] = weakref.WeakValueDictionary()
+        self.set_debug(_debug_mode_from_environment())
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    @property
+    def _debug(self) -> bool:
+        return self.get_debug()
+
+    # -- fd watchers ---------------------------------------------------------------------------
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        """Call callback(*args) whenever fd (an int or an object with fileno()) is readable."""
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        """Stop watching fd for reading; return whether it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        """Call callback(*args) whenever fd (an int or an object with fileno()) is writable."""
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd: Any) -> bool:
+        """Stop watching fd for writing; return whether it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
+
+    # -- running and stopping ------------------------------------------------------------------
+
+    def _check_closed(self) -> None:
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+
+    def _check_running(self) -> None:
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if asyncio._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    def run_forever(self) -> None:
+        """Run the event loop until stop() is called."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self.get_debug())
+        saved_hooks = sys.get_asyncgen_hooks()
+        asyncio._set_running_loop(self)
+        try:
+            sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook)
+            super().run_forever()
+        finally:
+            self._set_coroutine_origin_tracking(False)
+            asyncio._set_running_loop(None)
+            sys.set_asyncgen_hooks(*saved_hooks)
+
+    def run_until_complete(self, future: Any) -> Any:
+        """Run until the future (a coroutine is wrapped in a Task) is done; return its result."""
+        self._check_closed()
+        self._check_running()
+        wrapped = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if wrapped:
+            # The caller cannot see this task, so it must not warn about being destroyed pending.
+            future._log_destroy_pending = False
+        future.add_done_callback(_run_until_complete_cb)
+        try:
+            self.run_forever()
+        except BaseException:
+            if wrapped and future.done() and not future.cancelled():
+                # The exception propagates from here; mark it retrieved on the private task.
+                future.exception()
+            raise
+        finally:
+            future.remove_done_callback(_run_until_complete_cb)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
+    def close(self) -> None:
+        """Close the loop: drop pending callbacks, signal handlers, and the default executor."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            logger.debug("Close %r", self)
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown stage, skipping signal handlers removal",
+                ResourceWarning,
+                source=self,
+            )
+            self._signal_handlers.clear()
+        self._close_signal_socks()
+        super().close()
+        self._executor_shutdown_called = True
+        executor, self._default_executor = self._default_executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    # -- debug mode ----------------------------------------------------------------------------
+
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
+
+    def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
+        if bool(enabled) == self._coroutine_origin_tracking:
+            return
+        if enabled:
+            self._saved_origin_tracking_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(_DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._saved_origin_tracking_depth or 0)
+        self._coroutine_origin_tracking = bool(enabled)
+
+    def _log_slow_callback(self, handle: _ferroloop.Handle, seconds: float) -> None:
+        """Called by the engine in debug mode when a callback ran longer than slow_callback_duration."""
+        owner = getattr(handle._callback, "__self__", None)
+        what = repr(owner) if isinstance(owner, asyncio.Task) else str(handle)
+        logger.warning("Executing %s took %.3f seconds", what, seconds)
+
+    # -- futures and tasks ---------------------------------------------------------------------
+
+    def create_future(self) -> asyncio.Future[Any]:
+        """Create a Future object attached to the loop."""
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> asyncio.Task[Any]:
+        """Schedule a coroutine object; return a Task."""
+        self._check_closed()
+        if self._task_factory is None:
+            task = asyncio.Task(coro, loop=self, name=name, context=context)
+            if task._source_traceback:
+                # Drop this frame so the traceback ends at the caller, as asyncio's does.
+                del task._source_traceback[-1]
+            return task
+        if context is None:
+            task = self._task_factory(self, coro)
+        else:
+            task = self._task_factory(self, coro, context=context)
+        if name is not None:
+            set_name = getattr(task, "set_name", None)
+            if set_name is not None:
+                set_name(name)
+        return task  # type: ignore[return-value]
+
+    def set_task_factory(self, factory: Callable[..., asyncio.Future[Any]] | None) -> None:
+        """Set the factory create_task() uses; None restores the default."""
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self) -> Callable[..., asyncio.Future[Any]] | None:
+        """Return the task factory, or None if the default one is in use."""
+        return self._task_factory
+
+    # -- async generators ----------------------------------------------------------------------
+
+    def _asyncgen_firstiter_hook(self, agen: Any) -> None:
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    def _asyncgen_finalizer_hook(self, agen: Any) -> None:
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    async def shutdown_asyncgens(self) -> None:
+        """Close every asynchronous generator still alive on this loop."""
+        self._asyncgens_shutdown_called = True
+        alive = list(self._asyncgens)
+        self._asyncgens.clear()
+        if not alive:
+            return
+        outcomes = await tasks.gather(*[agen.aclose() for agen in alive], return_exceptions=True)
+        for agen, outcome in zip(alive, outcomes):
+            if isinstance(outcome, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of asynchronous generator {agen!r}",
+                        "exception": outcome,
+                        "asyncgen": agen,
+                    }
+                )
+
+    # -- exception handling --------------------------------------------------------------------
+
+    def get_exception_handler(self) -> Callable[..., object] | None:
+        """Return the exception handler, or None if the default one is in use."""
+        return self._exception_handler
+
+    def set_exception_handler(self, handler: Callable[..., object] | None) -> None:
+        """Set handler(loop, context) as the loop's exception handler; None restores the default."""
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        """Log the context's message, its other keys and the exception's traceback on 'asyncio'."""
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info: Any = (type(exception), exception, exception.__traceback__) if exception is not None else False
+        lines = [message]
+        for key in sorted(context):
+            if key in ("message", "exception"):
+                continue
+            value = context[key]
+            if key == "source_traceback":
+                text = "Object created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
+            elif key == "handle_traceback":
+                text = "Handle created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
+            else:
+                text = repr(value)
+            lines.append(f"{key}: {text}")
+        logger.error("\n".join(lines), exc_info=exc_info)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        """Pass context to the exception handler; errors in the handler are logged, not raised."""
+        handler = self._exception_handler
+        if handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error("Exception in default exception handler", exc_info=True)
+            return
+        try:
+            handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {"message": "Unhandled error in exception handler", "exception": exc, "context": context}
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error(
+                    "Exception in default exception handler while handling an unexpected error "
+                    "in custom exception handler",
+                    exc_info=True,
+                )
+
+    # -- executors -----------------------------------------------------------------------------
+
+    def run_in_executor(self, executor: concurrent.futures.Executor | None, func: Callable[..., Any], *args: Any) -> Any:
+        """Run func(*args) in executor (the default thread pool if None); return an awaitable future."""
+        self._check_closed()
+        if self.get_debug() and (coroutines.iscoroutine(func) or coroutines.iscoroutinefunction(func)):
+            raise TypeError("coroutines cannot be used with run_in_executor()")
+        if executor is None:
+            if self._executor_shutdown_called:
+                raise RuntimeError("Executor shutdown has been called")
+            executor = self._default_executor
+            if executor is None:
+                executor = self._default_executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        """Set the executor run_in_executor(None, ...) uses."""
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor instance")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self) -> None:
+        """Wait for the default executor's threads to finish, without blocking the loop."""
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is None:
+            return
+        done = self.create_future()
+
+        def shut_down() -> None:
+            try:
+                executor.shutdown(wait=True)
+            except Exception as exc:
+                if not self.is_closed():
+                    self.call_soon_threadsafe(_set_exception_unless_done, done, exc)
+            else:
+                if not self.is_closed():
+                    self.call_soon_threadsafe(_set_result_unless_done, done, None)
+
+        thread = threading.Thread(target=shut_down, name="ferroloop-executor-shutdown")
+        thread.start()
+        try:
+            await done
+        finally:
+            thread.join()
+
+    # -- name resolution -----------------------------------------------------------------------
+
+    async def getaddrinfo(
+        self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> list[Any]:
+        """socket.getaddrinfo in the default executor; numeric hosts are answered inline."""
+        if _resolve.is_numeric(host, port):
+            return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+        return await self.run_in_executor(None, socket.getaddrinfo, host, port, family, type, proto, flags)
+
+    async def getnameinfo(self, sockaddr: tuple[Any, ...], flags: int = 0) -> tuple[str, str]:
+        """socket.getnameinfo in the default executor."""
+        return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _check_signal(self, sig: Any) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def _signal_wakeup_fd(self) -> int:
+        """The write end of the pipe Python's C signal handler writes signal numbers to."""
+        if self._signal_socks is None:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            self._signal_socks = (reader, writer)
+            self._add_reader(reader.fileno(), self._read_signals)
+        return self._signal_socks[1].fileno()
+
+    def _close_signal_socks(self) -> None:
+        if self._signal_socks is not None:
+            reader, writer = self._signal_socks
+            self._signal_socks = None
+            self._remove_reader(reader.fileno())
+            reader.close()
+            writer.close()
+
+    def _read_signals(self) -> None:
+        assert self._signal_socks is not None
+        reader = self._signal_socks[0]
+        while True:
+            try:
+                data = reader.recv(4096)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            for signum in data:
+                handle = self._signal_handlers.get(signum)
+                if handle is None:
+                    continue
+                if handle.cancelled():
+                    self.remove_signal_handler(signum)
+                else:
+                    self._call_handle(handle)
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+        """Run callback(*args) in the loop whenever signal sig arrives (main thread only)."""
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # Raises ValueError outside the main thread, as signal handlers can only live there.
+            signal.set_wakeup_fd(self._signal_wakeup_fd(), warn_on_full_buffer=False)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
+        self._signal_handlers[sig] = _ferroloop.Handle(callback, args, self, None)
+        try:
+            signal.signal(sig, _noop_signal_handler)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                self._release_wakeup_fd()
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        """Remove the handler for sig; return whether there was one."""
+        self._check_signal(sig)
+        handle = self._signal_handlers.pop(sig, None)
+        if handle is None:
+            return False
+        handle.cancel()
+        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, default)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        if not self._signal_handlers:
+            self._release_wakeup_fd()
+        return True
+
+    def _release_wakeup_fd(self) -> None:
+        try:
+            signal.set_wakeup_fd(-1)
+        except (ValueError, OSError) as exc:
+            logger.info("set_wakeup_fd(-1) failed: %s", exc)
+
+    # -- low-level socket operations -----------------------------------------------------------
+
+    def _check_sock(self, sock: socket.socket) -> None:
+        if ssl is not None and isinstance(sock, ssl.SSLSocket):
+            raise TypeError("Socket cannot be of type SSLSocket")
+        if sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+
+    async def _sock_io(self, sock: socket.socket, write: bool, op: Callable[..., Any], *args: Any) -> Any:
+        """Await op(*args) on a non-blocking socket: retried each time the socket is ready,
+        until it stops raising BlockingIOError."""
+        try:
+            return op(*args)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        add = self._add_writer if write else self._add_reader
+        handle = add(fd, _retry_sock_op, fut, op, args)
+        fut.add_done_callback(functools.partial(self._sock_io_done, fd, write, handle))
+        return await fut
+
+    def _sock_io_done(self, fd: int, write: bool, handle: _ferroloop.Handle, fut: asyncio.Future[Any]) -> None:
+        # A handle replaced by another add_reader()/add_writer() was cancelled: the fd's new
+        # watcher is not ours to remove.
+        if not handle.cancelled():
+            (self._remove_writer if write else self._remove_reader)(fd)
+
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+        """Receive up to n bytes from sock."""
+        self._check_sock(sock)
+        return await self._sock_io(sock, False, sock.recv, n)
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        """Receive data from sock into buf; return the number of bytes received."""
+        self._check_sock(sock)
+        return await self._sock_io(sock, False, sock.recv_into, buf)
+
+    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
+        """Receive a datagram of up to bufsize bytes; return (data, address)."""
+        self._check_sock(sock)
+        return await self._sock_io(sock, False, sock.recvfrom, bufsize)
+
+    async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
+        """Receive a datagram into buf; return (nbytes, address)."""
+        self._check_sock(sock)
+        if not nbytes:
+            nbytes = len(buf)
+        return await self._sock_io(sock, False, sock.recvfrom_into, buf, nbytes)
+
+    async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
+        """Send a datagram to address; return the number of bytes sent."""
+        self._check_sock(sock)
+        return await self._sock_io(sock, True, sock.sendto, data, address)
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        """Send all of data to sock, waiting for the socket to drain as needed."""
+        self._check_sock(sock)
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        view = memoryview(data).cast("B")
+        if sent == view.nbytes:
+            return
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_writer(fd, _send_rest, fut, sock, view, [sent])
+        fut.add_done_callback(functools.partial(self._sock_io_done, fd, True, handle))
+        await fut
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        """Connect sock to address, resolving a host name first for IP sockets."""
+        self._check_sock(sock)
+        if sock.family in _resolve.IP_FAMILIES:
+            infos = await _resolve.resolve_address(self, address, sock.family, sock.type, sock.proto)
+            address = infos[0][4]
+        try:
+            sock.connect(address)
+            return
+        except (BlockingIOError, InterruptedError):
+            pass
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_writer(fd, _finish_connect, fut, sock, address)
+        fut.add_done_callback(functools.partial(self._sock_io_done, fd, True, handle))
+        try:
+            await fut
+        finally:
+            # Break the reference cycle through the exception's traceback.
+            fut = None  # type: ignore[assignment]
+
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
+        """Accept a connection; return (conn, address) with conn non-blocking."""
+        self._check_sock(sock)
+        conn, address = await self._sock_io(sock, False, sock.accept)
+        conn.setblocking(False)
+        return conn, address
+
+
+def _run_until_complete_cb(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        exc = fut.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # run_forever() has already been left by this exception; stopping now would stop
+            # the next run instead.
+            return
+    fut.get_loop().stop()
+
+
+def _set_result_unless_done(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _set_exception_unless_done(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _retry_sock_op(fut: asyncio.Future[Any], op: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    if fut.done():
+        return
+    try:
+        result = op(*args)
+    except (BlockingIOError, InterruptedError):
+        return
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+def _send_rest(fut: asyncio.Future[Any], sock: socket.socket, view: memoryview, progress: list[int]) -> None:
+    if fut.done():
+        return
+    start = progress[0]
+    try:
+        sent = sock.send(view[start:])
+    except (BlockingIOError, InterruptedError):
+        return
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+        return
+    start += sent
+    if start == view.nbytes:
+        fut.set_result(None)
+    else:
+        progress[0] = start
+
+
+def _finish_connect(fut: asyncio.Future[Any], sock: socket.socket, address: Any) -> None:
+    if fut.done():
+        return
+    try:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, f"Connect call failed {address}")
+    except (BlockingIOError, InterruptedError):
+        return
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(None)

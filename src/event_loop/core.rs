@@ -1,0 +1,196 @@
+//! One turn of the loop (asyncio's `_run_once`), in three phases:
+//!
+//! 1. Decide the poll timeout: zero when callbacks are ready or a stop is pending, else until the
+//!    earliest live timer, else unbounded. Cancelled timers at the top of the heap are dropped
+//!    here, and the heap is rebuilt when cancelled timers are most of a large heap.
+//! 2. Poll with the GIL released. A signal interrupts the poll and Python's handlers run (so
+//!    Ctrl-C raises `KeyboardInterrupt` out of `run_forever`, as with asyncio).
+//! 3. Queue the callbacks of ready fds, then of due timers, and run exactly the callbacks queued
+//!    before this phase began; callbacks they schedule run on the next turn.
+//!
+//! The loop's state is never borrowed while Python code runs or while the GIL is released, so
+//! callbacks (and other threads) can call back into the loop freely.
+
+use super::fd_watch::FdWatches;
+use super::LoopBase;
+use crate::clock;
+use crate::errors::os_error;
+use crate::handles::{invoke, Handle};
+use crate::poller::Readiness;
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// asyncio caps a poll at one day, so a clock jump cannot park the loop for longer.
+const MAX_POLL_SECONDS: f64 = 24.0 * 3600.0;
+/// Rebuild the heap only past this size, when more than half of it is cancelled (as asyncio).
+const MIN_HEAP_FOR_REBUILD: usize = 100;
+
+impl LoopBase {
+    /// Drops cancelled timers from the top of the heap, or rebuilds it when they dominate.
+    /// Returns the removed handles: the caller drops them once the state is no longer borrowed.
+    fn purge_cancelled_timers(&mut self, py: Python<'_>) -> Vec<Py<Handle>> {
+        let cancelled = self.timer_cancels.load(Ordering::Relaxed);
+        if self.timers.len() > MIN_HEAP_FOR_REBUILD && cancelled * 2 > self.timers.len() {
+            let removed = self.timers.retain(|h| !h.borrow(py).is_cancelled());
+            self.timer_cancels.store(0, Ordering::Relaxed);
+            for h in &removed {
+                h.borrow_mut(py).scheduled = false;
+            }
+            return removed;
+        }
+        let mut removed = Vec::new();
+        while let Some((_, top)) = self.timers.peek() {
+            if !top.borrow(py).is_cancelled() {
+                break;
+            }
+            if let Some(h) = self.timers.pop() {
+                h.borrow_mut(py).scheduled = false;
+                removed.push(h);
+            }
+            self.timer_cancels.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() || self.stopping {
+            return Some(Duration::ZERO);
+        }
+        let (when, _) = self.timers.peek()?;
+        let seconds = (when - clock::monotonic()).clamp(0.0, MAX_POLL_SECONDS);
+        Some(Duration::from_secs_f64(seconds))
+    }
+
+    /// Queues the reader and/or writer of a ready fd. A cancelled handle found here is removed
+    /// from the table (asyncio does the same), which stops the fd from waking us again.
+    fn dispatch(&mut self, py: Python<'_>, event: Readiness, stale: &mut Vec<Py<Handle>>) {
+        let Some(poller) = self.poller.clone() else { return };
+        let Some(watch) = self.watches.get(event.fd) else { return };
+        let mut to_clear = Vec::new();
+        for (wanted, slot, side) in [
+            (event.readable, &watch.reader, super::fd_watch::Side::Read),
+            (event.writable, &watch.writer, super::fd_watch::Side::Write),
+        ] {
+            let Some(handle) = slot.as_ref().filter(|_| wanted) else { continue };
+            if handle.borrow(py).is_cancelled() {
+                to_clear.push(side);
+            } else {
+                self.ready.push_back(handle.clone_ref(py));
+            }
+        }
+        for side in to_clear {
+            stale.extend(FdWatches::clear(&mut self.watches, &poller, event.fd, side));
+        }
+    }
+}
+
+/// Runs one turn of the loop.
+pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
+    let py = slf.py();
+    let (poller, timeout, mut epoll_buf, mut readiness, purged) = {
+        let mut s = slf.borrow_mut();
+        let purged = s.purge_cancelled_timers(py);
+        let timeout = s.poll_timeout();
+        let poller = s.poller.clone().ok_or_else(super::closed_error)?;
+        (poller, timeout, std::mem::take(&mut s.epoll_buf), std::mem::take(&mut s.readiness), purged)
+    };
+    drop(purged);
+
+    readiness.clear();
+    let polled = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
+    slf.borrow_mut().epoll_buf = epoll_buf;
+    match polled {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
+        Err(err) => return Err(os_error(&err)),
+    }
+
+    let (batch, stale, debug) = {
+        let mut s = slf.borrow_mut();
+        let mut stale = Vec::new();
+        for event in readiness.drain(..) {
+            s.dispatch(py, event, &mut stale);
+        }
+        s.readiness = readiness;
+        let now = clock::monotonic();
+        while let Some(timer) = s.timers.pop_due(now) {
+            let cancelled = {
+                let mut t = timer.borrow_mut(py);
+                t.scheduled = false;
+                t.is_cancelled()
+            };
+            if cancelled {
+                s.timer_cancels.fetch_sub(1, Ordering::Relaxed);
+                stale.push(timer);
+            } else {
+                s.ready.push_back(timer);
+            }
+        }
+        let mut batch = std::mem::take(&mut s.spare);
+        std::mem::swap(&mut batch, &mut s.ready);
+        (batch, stale, s.debug)
+    };
+    drop(stale);
+    run_batch(slf, batch, debug)
+}
+
+fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: bool) -> PyResult<()> {
+    let py = slf.py();
+    while let Some(handle) = batch.pop_front() {
+        let Some(invocation) = handle.borrow(py).invocation(py) else { continue };
+        let started = debug.then(clock::monotonic);
+        let outcome = invoke(py, &invocation);
+        drop(invocation);
+        let outcome = match outcome {
+            Err(err) if !is_fatal(py, &err) => report_callback_error(slf, &handle, err),
+            other => other,
+        };
+        if let Err(err) = outcome {
+            // KeyboardInterrupt/SystemExit leave the loop; what was not run stays queued first.
+            let mut s = slf.borrow_mut();
+            while let Some(rest) = batch.pop_back() {
+                s.ready.push_front(rest);
+            }
+            s.spare = batch;
+            return Err(err);
+        }
+        if let Some(started) = started {
+            let elapsed = clock::monotonic() - started;
+            if elapsed >= slf.borrow().slow_callback_duration {
+                slf.call_method1(intern!(py, "_log_slow_callback"), (handle, elapsed))?;
+            }
+        }
+    }
+    slf.borrow_mut().spare = batch;
+    Ok(())
+}
+
+fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+/// Passes an exception raised by a callback to `call_exception_handler` with asyncio's keys.
+fn report_callback_error(slf: &Bound<'_, LoopBase>, handle: &Py<Handle>, err: PyErr) -> PyResult<()> {
+    let py = slf.py();
+    let format = py.import(intern!(py, "asyncio.format_helpers"))?.getattr(intern!(py, "_format_callback_source"))?;
+    let (callback, args, traceback) = {
+        let h = handle.bind(py);
+        (h.getattr(intern!(py, "_callback"))?, h.getattr(intern!(py, "_args"))?, h.borrow().source_traceback(py))
+    };
+    let description = if callback.is_none() { handle.bind(py).repr()?.into_any() } else { format.call1((callback, args))? };
+    let context = PyDict::new(py);
+    context.set_item(intern!(py, "message"), format!("Exception in callback {description}"))?;
+    context.set_item(intern!(py, "exception"), err.into_value(py))?;
+    context.set_item(intern!(py, "handle"), handle)?;
+    if let Some(tb) = traceback {
+        context.set_item(intern!(py, "source_traceback"), tb)?;
+    }
+    slf.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! `LoopBase`: the native engine behind `ferroloop.Loop`.
+//!
+//! This is the `#[pymethods]` shell: argument checks and the per-callback entry points
+//! (`call_soon`, timers, fd watchers, `run_forever`'s turn loop). Everything that runs once per
+//! loop, per connection or per call-site argument handling (task factories, executors, exception
+//! handler formatting, signal plumbing, `sock_*`) lives in the Python subclass, which extends this
+//! class by subclassing only. The turn itself is in `core`; the fd table in `fd_watch`.
+//!
+//! Ownership: this object owns the ready queue, the timer heap, the fd table and the poller. The
+//! Python side never mirrors that state; it asks through methods.
+
+mod core;
+mod fd_watch;
+
+use crate::clock;
+use crate::errors::os_error;
+use crate::handles::{Handle, TimerHandle};
+use crate::poller::Poller;
+use crate::timers::TimerHeap;
+use fd_watch::{FdWatches, Side};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyInt, PyTuple};
+use pyo3::{intern, PyClassInitializer, PyTraverseError, PyVisit};
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+#[pyclass(subclass, module = "ferroloop._ferroloop")]
+pub struct LoopBase {
+    ready: VecDeque<Py<Handle>>,
+    /// An empty queue kept to swap with `ready` each turn, so running a batch allocates nothing.
+    spare: VecDeque<Py<Handle>>,
+    timers: TimerHeap<Py<Handle>>,
+    timer_cancels: Arc<AtomicUsize>,
+    watches: FdWatches,
+    /// `None` once the loop is closed.
+    poller: Option<Arc<Poller>>,
+    epoll_buf: Vec<libc::epoll_event>,
+    readiness: Vec<crate::poller::Readiness>,
+    stopping: bool,
+    running: bool,
+    closed: bool,
+    debug: bool,
+    slow_callback_duration: f64,
+    /// The running thread (`threading.get_ident()`), 0 when not running.
+    thread_id: u64,
+}
+
+pub(crate) fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+fn current_thread() -> u64 {
+    // SAFETY: pthread_self has no preconditions. It is what threading.get_ident() returns.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+/// asyncio's `selectors._fileobj_to_fd`: an int, or an object whose `fileno()` gives one.
+fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()?
+    } else {
+        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())));
+        let fileno = obj.call_method0(intern!(obj.py(), "fileno")).map_err(|e| {
+            if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(obj.py())
+                || e.is_instance_of::<PyTypeError>(obj.py())
+                || e.is_instance_of::<PyValueError>(obj.py())
+            {
+                invalid()
+            } else {
+                e
+            }
+        })?;
+        fileno.call_method0(intern!(obj.py(), "__index__")).and_then(|v| v.extract()).map_err(|_| invalid())?
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+/// asyncio's `_check_callback`, except that non-callables are refused in every mode, not only in
+/// debug mode: the mistake is cheap to detect at the call site and useless to discover later.
+fn check_callback(callback: &Bound<'_, PyAny>, method: &str, debug: bool) -> PyResult<()> {
+    let py = callback.py();
+    let coroutines = || py.import(intern!(py, "asyncio.coroutines"));
+    if !callback.is_callable() {
+        if coroutines()?.call_method1(intern!(py, "iscoroutine"), (callback,))?.is_truthy()? {
+            return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+        }
+        return Err(PyTypeError::new_err(format!(
+            "a callable object was expected by {method}(), got {}",
+            callback.repr()?
+        )));
+    }
+    if debug && coroutines()?.call_method1(intern!(py, "iscoroutinefunction"), (callback,))?.is_truthy()? {
+        return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+    }
+    Ok(())
+}
+
+impl LoopBase {
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// asyncio's `_check_thread` (debug mode only).
+    fn check_thread(&self) -> PyResult<()> {
+        if self.thread_id != 0 && self.thread_id != current_thread() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    fn schedule(
+        slf: &Bound<'_, Self>,
+        method: &str,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let debug = {
+            let s = slf.borrow();
+            s.check_closed()?;
+            if s.debug && !threadsafe {
+                s.check_thread()?;
+            }
+            s.debug
+        };
+        check_callback(&callback, method, debug)?;
+        let handle = Py::new(py, Handle::new(py, callback.unbind(), args.unbind(), context, debug)?)?;
+        let mut s = slf.borrow_mut();
+        s.ready.push_back(handle.clone_ref(py));
+        if threadsafe && s.running && s.thread_id != current_thread() {
+            if let Some(poller) = &s.poller {
+                poller.wake().map_err(|e| os_error(&e))?;
+            }
+        }
+        Ok(handle)
+    }
+
+    fn set_watch(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        side: Side,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let fd = fileobj_to_fd(fd)?;
+        let debug = {
+            let s = slf.borrow();
+            s.check_closed()?;
+            s.debug
+        };
+        let handle = Py::new(py, Handle::new(py, callback.unbind(), args.unbind(), None, debug)?)?;
+        let replaced = {
+            let mut s = slf.borrow_mut();
+            let poller = s.poller.clone().ok_or_else(closed_error)?;
+            s.watches.set(&poller, fd, side, handle.clone_ref(py)).map_err(|e| os_error(&e))?
+        };
+        if let Some(old) = replaced {
+            old.bind(py).call_method0(intern!(py, "cancel"))?;
+        }
+        Ok(handle)
+    }
+
+    fn clear_watch(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
+        let py = slf.py();
+        if slf.borrow().closed {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd)?;
+        let removed = {
+            let mut s = slf.borrow_mut();
+            let Some(poller) = s.poller.clone() else { return Ok(false) };
+            s.watches.clear(&poller, fd, side)
+        };
+        match removed {
+            Some(handle) => {
+                handle.bind(py).call_method0(intern!(py, "cancel"))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[pymethods]
+impl LoopBase {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let poller = Poller::new().map_err(|e| os_error(&e))?;
+        Ok(LoopBase {
+            ready: VecDeque::new(),
+            spare: VecDeque::new(),
+            timers: TimerHeap::default(),
+            timer_cancels: Arc::new(AtomicUsize::new(0)),
+            watches: FdWatches::default(),
+            poller: Some(Arc::new(poller)),
+            epoll_buf: Vec::with_capacity(256),
+            readiness: Vec::with_capacity(256),
+            stopping: false,
+            running: false,
+            closed: false,
+            debug: false,
+            slow_callback_duration: 0.1,
+            thread_id: 0,
+        })
+    }
+
+    /// Return the time according to the event loop's clock (`time.monotonic()`).
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        LoopBase::schedule(slf, "call_soon", callback, args, context, false)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        LoopBase::schedule(slf, "call_soon_threadsafe", callback, args, context, true)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = clock::monotonic() + delay.extract::<f64>()?;
+        LoopBase::schedule_timer(slf, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        LoopBase::schedule_timer(slf, when.extract::<f64>()?, callback, args, context)
+    }
+
+    /// Watch `fd` for reading: `callback(*args)` runs on each turn it is readable. Replaces
+    /// (and cancels) a previous reader; returns the new handle. The public `add_reader` (in
+    /// Python) adds asyncio's check that no transport owns the fd.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        LoopBase::set_watch(slf, fd, Side::Read, callback, args)
+    }
+
+    /// Watch `fd` for writing; see `_add_reader`.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        LoopBase::set_watch(slf, fd, Side::Write, callback, args)
+    }
+
+    /// Stop watching `fd` for reading; return whether it had a reader.
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        LoopBase::clear_watch(slf, fd, Side::Read)
+    }
+
+    /// Stop watching `fd` for writing; return whether it had a writer.
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        LoopBase::clear_watch(slf, fd, Side::Write)
+    }
+
+    /// Whether `fd` has a reader (`Some(handle)` when it has).
+    fn _get_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
+        let fd = fileobj_to_fd(fd)?;
+        Ok(self.watches.get(fd).and_then(|w| w.reader.as_ref().map(|h| h.clone_ref(py))))
+    }
+
+    fn _get_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
+        let fd = fileobj_to_fd(fd)?;
+        Ok(self.watches.get(fd).and_then(|w| w.writer.as_ref().map(|h| h.clone_ref(py))))
+    }
+
+    /// Queue an existing handle (a signal handler's) to run on the next turn.
+    fn _call_handle(&mut self, handle: Py<Handle>) -> PyResult<()> {
+        self.check_closed()?;
+        self.ready.push_back(handle);
+        Ok(())
+    }
+
+    /// Run turns until `stop()` is called. The Python subclass wraps this with asyncio's
+    /// running-loop and async-generator bookkeeping.
+    fn run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut s = slf.borrow_mut();
+            s.check_closed()?;
+            if s.running {
+                return Err(PyRuntimeError::new_err("This event loop is already running"));
+            }
+            s.running = true;
+            s.thread_id = current_thread();
+        }
+        let result = loop {
+            if let Err(err) = core::run_once(slf) {
+                break Err(err);
+            }
+            if slf.borrow().stopping {
+                break Ok(());
+            }
+        };
+        let mut s = slf.borrow_mut();
+        s.stopping = false;
+        s.running = false;
+        s.thread_id = 0;
+        result
+    }
+
+    /// Run one turn; used by tests and by code that steps the loop by hand.
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        core::run_once(slf)
+    }
+
+    fn stop(&mut self) {
+        self.stopping = true;
+    }
+
+    fn is_running(&self) -> bool {
+        self.running
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.stopping
+    }
+
+    #[getter]
+    fn _thread_id(&self) -> Option<u64> {
+        (self.thread_id != 0).then_some(self.thread_id)
+    }
+
+    /// Close the loop: drop every queued callback, timer and fd watcher, and the poller.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let dropped = {
+            let mut s = slf.borrow_mut();
+            if s.running {
+                return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
+            }
+            if s.closed {
+                return Ok(());
+            }
+            s.closed = true;
+            s.poller = None;
+            let mut dropped: Vec<Py<Handle>> = s.ready.drain(..).collect();
+            dropped.extend(s.timers.drain());
+            dropped.extend(s.watches.drain());
+            dropped
+        };
+        drop(dropped);
+        Ok(())
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug
+    }
+
+    fn set_debug(&mut self, enabled: bool) {
+        self.debug = enabled;
+    }
+
+    #[getter]
+    fn get_slow_callback_duration(&self) -> f64 {
+        self.slow_callback_duration
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&mut self, seconds: f64) {
+        self.slow_callback_duration = seconds;
+    }
+
+    /// Number of callbacks waiting in the ready queue (for diagnostics and tests).
+    fn _ready_count(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Number of timers in the heap, cancelled ones included (for diagnostics and tests).
+    fn _timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for h in self.ready.iter().chain(self.spare.iter()).chain(self.timers.iter()) {
+            visit.call(h)?;
+        }
+        self.watches.traverse(&visit)
+    }
+
+    fn __clear__(&mut self) {
+        self.ready.clear();
+        self.spare.clear();
+        self.timers.drain().for_each(drop);
+        self.watches.drain();
+    }
+}
+
+impl LoopBase {
+    fn schedule_timer(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let (debug, cancels) = {
+            let s = slf.borrow();
+            s.check_closed()?;
+            if s.debug {
+                s.check_thread()?;
+            }
+            (s.debug, s.timer_cancels.clone())
+        };
+        check_callback(&callback, "call_at", debug)?;
+        let base = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_timer(when, cancels);
+        let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
+        let as_handle: Py<Handle> = timer.clone().into_super().unbind();
+        slf.borrow_mut().timers.push(when, as_handle);
+        Ok(timer.unbind())
+    }
+}

@@ -1,0 +1,343 @@
+//! `Handle` and `TimerHandle`: the objects `call_soon`, `call_later` and `call_at` return.
+//!
+//! A handle owns its callback, the positional arguments (the tuple the call already built, stored
+//! as is: no per-callback tuple is made) and the `contextvars.Context` it runs in. The loop keeps
+//! handles in its ready queue and timer heap; Python code only sees `cancel()`, `cancelled()`,
+//! `get_context()`, `when()` and asyncio-compatible `repr`.
+//!
+//! Cancellation follows asyncio: the callback and arguments are released at once (they may hold
+//! large objects or reference cycles), except in debug mode, where the repr is kept first. A
+//! cancelled timer stays in the heap; it bumps the loop's cancelled-timer counter so the loop can
+//! rebuild the heap when cancelled entries dominate.
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyFloat, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[pyclass(subclass, module = "ferroloop._ferroloop")]
+pub struct Handle {
+    callback: Option<Py<PyAny>>,
+    args: Option<Py<PyTuple>>,
+    context: Option<Py<PyAny>>,
+    cancelled: bool,
+    /// Set for timer handles: deadline on the loop clock.
+    pub(crate) when: f64,
+    /// A timer in the loop's heap (asyncio's `_scheduled`); cleared when it moves to the ready queue.
+    pub(crate) scheduled: bool,
+    /// The loop's count of cancelled timers still in its heap; `None` for plain handles.
+    timer_cancels: Option<Arc<AtomicUsize>>,
+    debug: bool,
+    source_traceback: Option<Py<PyAny>>,
+    /// The repr frozen at cancellation in debug mode, as asyncio does.
+    frozen_repr: Option<String>,
+}
+
+/// What the loop needs to invoke a handle, taken out while the handle is not borrowed (the
+/// callback may cancel its own handle).
+pub struct Invocation {
+    pub callback: Py<PyAny>,
+    pub args: Py<PyTuple>,
+    pub context: Option<Py<PyAny>>,
+}
+
+static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+impl Handle {
+    pub fn new(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+    ) -> PyResult<Self> {
+        let context = match context {
+            Some(ctx) if !ctx.is_none(py) => ctx,
+            // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an exception set.
+            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() },
+        };
+        let source_traceback = if debug { capture_stack(py) } else { None };
+        Ok(Handle {
+            callback: Some(callback),
+            args: Some(args),
+            context: Some(context),
+            cancelled: false,
+            when: 0.0,
+            scheduled: false,
+            timer_cancels: None,
+            debug,
+            source_traceback,
+            frozen_repr: None,
+        })
+    }
+
+    pub fn into_timer(mut self, when: f64, cancels: Arc<AtomicUsize>) -> Self {
+        self.when = when;
+        self.scheduled = true;
+        self.timer_cancels = Some(cancels);
+        self
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+    }
+
+    /// The callback, arguments and context to run, or `None` if the handle was cancelled.
+    pub fn invocation(&self, py: Python<'_>) -> Option<Invocation> {
+        if self.cancelled {
+            return None;
+        }
+        Some(Invocation {
+            callback: self.callback.as_ref()?.clone_ref(py),
+            args: self.args.as_ref()?.clone_ref(py),
+            context: self.context.as_ref().map(|c| c.clone_ref(py)),
+        })
+    }
+
+    fn do_cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.borrow().cancelled {
+            return Ok(());
+        }
+        // The debug repr is computed before borrowing mutably: formatting calls Python code.
+        let frozen = if slf.borrow().debug { Some(Self::render_repr(slf)?) } else { None };
+        let (callback, args) = {
+            let mut h = slf.borrow_mut();
+            h.cancelled = true;
+            h.frozen_repr = frozen;
+            if h.scheduled {
+                if let Some(counter) = &h.timer_cancels {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (h.callback.take(), h.args.take())
+        };
+        // Dropped here, outside the borrow: releasing them can run arbitrary Python code.
+        drop((callback, args));
+        Ok(())
+    }
+
+    fn render_repr(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        let class_name = slf.get_type().name()?.to_string();
+        let (cancelled, is_timer, when, callback, args, traceback) = {
+            let h = slf.borrow();
+            if let Some(r) = &h.frozen_repr {
+                return Ok(r.clone());
+            }
+            (
+                h.cancelled,
+                h.timer_cancels.is_some(),
+                h.when,
+                h.callback.as_ref().map(|c| c.clone_ref(py)),
+                h.args.as_ref().map(|a| a.clone_ref(py)),
+                h.source_traceback(py),
+            )
+        };
+        let mut info = vec![class_name];
+        if cancelled {
+            info.push("cancelled".to_owned());
+        }
+        if is_timer {
+            info.push(format!("when={}", PyFloat::new(py, when).repr()?));
+        }
+        if let Some(callback) = callback {
+            let formatter = FORMAT_CALLBACK_SOURCE.import(py, "asyncio.format_helpers", "_format_callback_source")?;
+            let args = args.map_or_else(|| PyTuple::empty(py).unbind(), |a| a);
+            info.push(formatter.call1((callback, args))?.extract::<String>()?);
+        }
+        if let Some(tb) = traceback {
+            let tb = tb.bind(py);
+            if tb.len()? > 0 {
+                let frame = tb.get_item(-1)?;
+                let (file, line): (String, usize) = (frame.get_item(0)?.extract()?, frame.get_item(1)?.extract()?);
+                info.push(format!("created at {file}:{line}"));
+            }
+        }
+        Ok(format!("<{}>", info.join(" ")))
+    }
+}
+
+/// The caller's stack as asyncio's `format_helpers.extract_stack` formats it. Called from a
+/// native method, frame 0 is the Python code that called the loop method.
+fn capture_stack(py: Python<'_>) -> Option<Py<PyAny>> {
+    let frame = py.import("sys").ok()?.getattr("_getframe").ok()?.call1((0,)).ok()?;
+    let extract = EXTRACT_STACK.import(py, "asyncio.format_helpers", "extract_stack").ok()?;
+    extract.call1((frame,)).ok().map(Bound::unbind)
+}
+
+/// Runs `inv` inside its context, like `context.run(callback, *args)` but without building an
+/// argument tuple for `run`.
+pub fn invoke(py: Python<'_>, inv: &Invocation) -> PyResult<()> {
+    let ctx = inv.context.as_ref().map_or(std::ptr::null_mut(), Py::as_ptr);
+    // SAFETY: all pointers are live references held by `inv` for the duration of the call; every
+    // successful PyContext_Enter is paired with PyContext_Exit, and the result reference is
+    // consumed or released.
+    unsafe {
+        if !ctx.is_null() && ffi::PyContext_Enter(ctx) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let args = inv.args.as_ptr();
+        let result = if ffi::PyTuple_GET_SIZE(args) == 0 {
+            ffi::PyObject_CallNoArgs(inv.callback.as_ptr())
+        } else {
+            ffi::PyObject_Call(inv.callback.as_ptr(), args, std::ptr::null_mut())
+        };
+        let call_result = if result.is_null() {
+            Err(PyErr::fetch(py))
+        } else {
+            ffi::Py_DECREF(result);
+            Ok(())
+        };
+        if !ctx.is_null() && ffi::PyContext_Exit(ctx) < 0 {
+            let exit_err = PyErr::fetch(py);
+            return call_result.and(Err(exit_err));
+        }
+        call_result
+    }
+}
+
+#[pymethods]
+impl Handle {
+    #[new]
+    #[pyo3(signature = (callback, args, r#loop=None, context=None))]
+    fn py_new(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: &Bound<'_, PyAny>,
+        r#loop: Option<&Bound<'_, PyAny>>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let _ = r#loop;
+        let args = if args.is_none() { PyTuple::empty(py) } else { args.cast::<PyTuple>()?.clone() };
+        Handle::new(py, callback, args.unbind(), context, false)
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::do_cancel(slf)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.args.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback(py)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        Handle::render_repr(slf)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.callback)?;
+        visit.call(&self.args)?;
+        visit.call(&self.context)?;
+        visit.call(&self.source_traceback)?;
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.callback = None;
+        self.args = None;
+        self.context = None;
+        self.source_traceback = None;
+    }
+}
+
+/// A handle with a deadline. All state lives in the base `Handle`; this class adds the timer
+/// methods, so the loop stores every handle as a `Handle`.
+#[pyclass(extends = Handle, module = "ferroloop._ferroloop")]
+pub struct TimerHandle;
+
+#[pymethods]
+impl TimerHandle {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<(Self, Handle)> {
+        Err(PyRuntimeError::new_err("TimerHandle objects are created by the loop's call_later() and call_at()"))
+    }
+
+    fn when(slf: PyRef<'_, Self>) -> f64 {
+        slf.as_super().when
+    }
+
+    #[getter]
+    fn _when(slf: PyRef<'_, Self>) -> f64 {
+        slf.as_super().when
+    }
+
+    #[getter]
+    fn _scheduled(slf: PyRef<'_, Self>) -> bool {
+        slf.as_super().scheduled
+    }
+
+    fn __hash__(slf: PyRef<'_, Self>) -> PyResult<isize> {
+        let py = slf.py();
+        PyFloat::new(py, slf.as_super().when).hash()
+    }
+
+    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.as_super().borrow(), other.as_super().borrow());
+        let result = match op {
+            CompareOp::Lt => a.when < b.when,
+            CompareOp::Le => a.when < b.when || timer_eq(py, &a, &b)?,
+            CompareOp::Gt => a.when > b.when,
+            CompareOp::Ge => a.when > b.when || timer_eq(py, &a, &b)?,
+            CompareOp::Eq => timer_eq(py, &a, &b)?,
+            CompareOp::Ne => !timer_eq(py, &a, &b)?,
+        };
+        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+    }
+}
+
+fn timer_eq(py: Python<'_>, a: &Handle, b: &Handle) -> PyResult<bool> {
+    fn same(py: Python<'_>, x: Option<&Py<PyAny>>, y: Option<&Py<PyAny>>) -> PyResult<bool> {
+        match (x, y) {
+            (None, None) => Ok(true),
+            (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)),
+            _ => Ok(false),
+        }
+    }
+    let args = |h: &Handle| h.args.as_ref().map(|t| t.clone_ref(py).into_any());
+    Ok(a.when == b.when
+        && a.cancelled == b.cancelled
+        && same(py, a.callback.as_ref(), b.callback.as_ref())?
+        && same(py, args(a).as_ref(), args(b).as_ref())?)
+}

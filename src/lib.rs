@@ -1,0 +1,23 @@
+//! ferroloop's native module, `ferroloop._ferroloop`.
+//!
+//! The engine of an asyncio event loop: ready queue, timer heap, fd watchers and the poll, all of
+//! the per-callback and per-event work. The Python package (`python/ferroloop`) subclasses
+//! [`event_loop::LoopBase`] into the full `asyncio.AbstractEventLoop`.
+
+mod clock;
+mod errors;
+mod event_loop;
+mod handles;
+mod poller;
+mod timers;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopBase>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
