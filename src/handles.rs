@@ -105,20 +105,25 @@ impl Handle {
     }
 
     fn do_cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.borrow().cancelled {
-            return Ok(());
-        }
-        // The debug repr is computed before borrowing mutably: formatting calls Python code.
-        let frozen = if slf.borrow().debug { Some(Self::render_repr(slf)?) } else { None };
-        let (callback, args) = {
+        let debug = {
             let mut h = slf.borrow_mut();
+            if h.cancelled {
+                return Ok(());
+            }
             h.cancelled = true;
-            h.frozen_repr = frozen;
             if h.scheduled {
                 if let Some(counter) = &h.timer_cancels {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            h.debug
+        };
+        // In debug mode the repr (now saying "cancelled") is kept before the callback goes, so
+        // later diagnostics can still name it. Rendering calls Python code: no borrow is held.
+        let frozen = if debug { Some(Self::render_repr(slf)?) } else { None };
+        let (callback, args) = {
+            let mut h = slf.borrow_mut();
+            h.frozen_repr = frozen;
             (h.callback.take(), h.args.take())
         };
         // Dropped here, outside the borrow: releasing them can run arbitrary Python code.

@@ -11,7 +11,7 @@
 //!   any thread at any time.
 //! - The waker's token is [`WAKE_TOKEN`]; every other event carries the fd it was registered for.
 //! - Wake-ups are coalesced: `wake` writes to the eventfd only when no wake-up is pending, and the
-//!   loop clears the pending flag before draining the eventfd, so no wake-up is ever lost.
+//!   loop clears the pending flag after draining the eventfd, so no wake-up is ever lost.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -142,10 +142,13 @@ impl Poller {
     }
 
     fn drain_waker(&self) {
-        self.wake_pending.store(false, Ordering::Release);
         let mut buf: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64 from our own non-blocking eventfd.
         let _ = unsafe { libc::read(self.waker.as_raw_fd(), (&raw mut buf).cast(), 8) };
+        // Cleared only after the read: a `wake` racing with us then either finds the flag still
+        // set (its callback is already queued and the loop looks at the queue next) or writes
+        // after our read, leaving the eventfd readable for the next wait.
+        self.wake_pending.store(false, Ordering::Release);
     }
 
     /// Waits for readiness, at most `timeout` (`None`: without limit), appending what it finds to
@@ -187,7 +190,9 @@ impl Poller {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         let max = capacity.min(libc::c_int::MAX as usize) as libc::c_int;
-        if self.precise_timeouts.load(Ordering::Relaxed) {
+        // Zero and unbounded waits need no timespec: plain epoll_wait is the cheaper call.
+        let exact_in_millis = timeout.is_none_or(|t| t.subsec_nanos() % 1_000_000 == 0);
+        if !exact_in_millis && self.precise_timeouts.load(Ordering::Relaxed) {
             let ts = timeout.map(|t| libc::timespec {
                 tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
                 tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
@@ -249,6 +254,33 @@ mod tests {
         poller.wait(&mut buf, &mut out, None).unwrap();
         assert!(out.is_empty());
         t.join().unwrap();
+    }
+
+    /// Regression: clearing the pending flag before draining the eventfd could swallow a racing
+    /// wake-up and leave the flag set forever, so the loop slept through later wake-ups.
+    #[test]
+    fn racing_wakes_are_never_lost() {
+        use std::sync::atomic::AtomicUsize;
+        const ROUNDS: usize = 20_000;
+        let poller = std::sync::Arc::new(Poller::new().unwrap());
+        let sent = std::sync::Arc::new(AtomicUsize::new(0));
+        let (p2, s2) = (poller.clone(), sent.clone());
+        let producer = std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                s2.fetch_add(1, Ordering::SeqCst);
+                p2.wake().unwrap();
+            }
+        });
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        while sent.load(Ordering::SeqCst) < ROUNDS {
+            let seen = sent.load(Ordering::SeqCst);
+            // A lost wake-up shows as a wait that runs to its (long) timeout with work pending.
+            let start = std::time::Instant::now();
+            poller.wait(&mut buf, &mut out, Some(Duration::from_secs(5))).unwrap();
+            let stalled = start.elapsed() >= Duration::from_secs(5);
+            assert!(!(stalled && sent.load(Ordering::SeqCst) > seen), "wake-up lost");
+        }
+        producer.join().unwrap();
     }
 
     #[test]

@@ -47,7 +47,10 @@ def is_numeric(host: Any, port: Any) -> bool:
     if host is None:
         return True
     if isinstance(host, bytes):
-        host = host.decode("idna", "replace")
+        try:
+            host = host.decode("ascii")
+        except UnicodeDecodeError:
+            return False  # not an IP literal; the resolver decides what it is
     return isinstance(host, str) and _ip_family(host) is not None
 
 

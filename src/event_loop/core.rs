@@ -30,6 +30,19 @@ use std::time::Duration;
 const MAX_POLL_SECONDS: f64 = 24.0 * 3600.0;
 /// Rebuild the heap only past this size, when more than half of it is cancelled (as asyncio).
 const MIN_HEAP_FOR_REBUILD: usize = 100;
+/// While callbacks are ready, look at I/O at most this often (seconds). asyncio polls on every
+/// turn; a turn that runs one short callback then spends most of its time in `epoll_wait`. I/O
+/// still gets looked at within this bound, and always before the loop blocks.
+const BUSY_POLL_INTERVAL: f64 = 100e-6;
+
+enum PollPlan {
+    /// Callbacks are ready and I/O was looked at very recently.
+    Skip,
+    /// Look at I/O without waiting; the GIL is kept, as the call cannot block.
+    NonBlocking,
+    /// Wait for I/O with the GIL released, at most this long (`None`: until something happens).
+    Block(Option<Duration>),
+}
 
 impl LoopBase {
     /// Drops cancelled timers from the top of the heap, or rebuilds it when they dominate.
@@ -58,13 +71,23 @@ impl LoopBase {
         removed
     }
 
-    fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() || self.stopping {
-            return Some(Duration::ZERO);
+    /// How this turn polls, given the clock reading `now`.
+    fn plan_poll(&self, now: f64) -> PollPlan {
+        if self.stopping {
+            // asyncio's stop(): one last look at I/O, then the current batch, then return.
+            return PollPlan::NonBlocking;
         }
-        let (when, _) = self.timers.peek()?;
-        let seconds = (when - clock::monotonic()).clamp(0.0, MAX_POLL_SECONDS);
-        Some(Duration::from_secs_f64(seconds))
+        if !self.ready.is_empty() {
+            if now - self.last_poll < BUSY_POLL_INTERVAL {
+                return PollPlan::Skip;
+            }
+            return PollPlan::NonBlocking;
+        }
+        match self.timers.peek() {
+            None => PollPlan::Block(None),
+            Some((when, _)) if when <= now => PollPlan::NonBlocking,
+            Some((when, _)) => PollPlan::Block(Some(Duration::from_secs_f64((when - now).min(MAX_POLL_SECONDS)))),
+        }
     }
 
     /// Queues the reader and/or writer of a ready fd. A cancelled handle found here is removed
@@ -93,17 +116,29 @@ impl LoopBase {
 /// Runs one turn of the loop.
 pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     let py = slf.py();
-    let (poller, timeout, mut epoll_buf, mut readiness, purged) = {
+    let mut now = clock::monotonic();
+    let (plan, poller, mut epoll_buf, mut readiness, purged) = {
         let mut s = slf.borrow_mut();
         let purged = s.purge_cancelled_timers(py);
-        let timeout = s.poll_timeout();
+        let plan = s.plan_poll(now);
+        if !matches!(plan, PollPlan::Skip) {
+            s.last_poll = now;
+        }
         let poller = s.poller.clone().ok_or_else(super::closed_error)?;
-        (poller, timeout, std::mem::take(&mut s.epoll_buf), std::mem::take(&mut s.readiness), purged)
+        (plan, poller, std::mem::take(&mut s.epoll_buf), std::mem::take(&mut s.readiness), purged)
     };
     drop(purged);
 
     readiness.clear();
-    let polled = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
+    let polled = match plan {
+        PollPlan::Skip => Ok(()),
+        PollPlan::NonBlocking => poller.wait(&mut epoll_buf, &mut readiness, Some(Duration::ZERO)),
+        PollPlan::Block(timeout) => {
+            let polled = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
+            now = clock::monotonic();
+            polled
+        }
+    };
     slf.borrow_mut().epoll_buf = epoll_buf;
     match polled {
         Ok(()) => {}
@@ -118,7 +153,6 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
             s.dispatch(py, event, &mut stale);
         }
         s.readiness = readiness;
-        let now = clock::monotonic();
         while let Some(timer) = s.timers.pop_due(now) {
             let cancelled = {
                 let mut t = timer.borrow_mut(py);

@@ -39,6 +39,8 @@ pub struct LoopBase {
     poller: Option<Arc<Poller>>,
     epoll_buf: Vec<libc::epoll_event>,
     readiness: Vec<crate::poller::Readiness>,
+    /// Clock reading at the last look at I/O (see `core::BUSY_POLL_INTERVAL`).
+    last_poll: f64,
     stopping: bool,
     running: bool,
     closed: bool,
@@ -211,6 +213,7 @@ impl LoopBase {
             poller: Some(Arc::new(poller)),
             epoll_buf: Vec::with_capacity(256),
             readiness: Vec::with_capacity(256),
+            last_poll: 0.0,
             stopping: false,
             running: false,
             closed: false,
