@@ -55,7 +55,6 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
     """An asyncio event loop whose engine is written in Rust."""
 
     def __init__(self) -> None:
-        self._task_factory: Callable[..., asyncio.Future[Any]] | None = None
         self._exception_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
@@ -205,39 +204,23 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
         logger.warning("Executing %s took %.3f seconds", what, seconds)
 
     # -- futures and tasks ---------------------------------------------------------------------
+    # create_future(), create_task() and the task factory are native (per task, so no Python
+    # frame); Python 3.13 widened create_task() to pass any keyword to the factory or Task.
 
-    def create_future(self) -> asyncio.Future[Any]:
-        """Create a Future object attached to the loop."""
-        return asyncio.Future(loop=self)
+    if sys.version_info >= (3, 13):
 
-    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> asyncio.Task[Any]:
-        """Schedule a coroutine object; return a Task."""
-        self._check_closed()
-        if self._task_factory is None:
-            task = asyncio.Task(coro, loop=self, name=name, context=context)
+        def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            """Schedule a coroutine object; return a Task."""
+            self._check_closed()
+            factory = self.get_task_factory()
+            if factory is not None:
+                return factory(self, coro, **kwargs)  # type: ignore[return-value]
+            if set(kwargs) <= {"name", "context"}:
+                return super().create_task(coro, **kwargs)
+            task = asyncio.Task(coro, loop=self, **kwargs)
             if task._source_traceback:
-                # Drop this frame so the traceback ends at the caller, as asyncio's does.
                 del task._source_traceback[-1]
             return task
-        if context is None:
-            task = self._task_factory(self, coro)
-        else:
-            task = self._task_factory(self, coro, context=context)
-        if name is not None:
-            set_name = getattr(task, "set_name", None)
-            if set_name is not None:
-                set_name(name)
-        return task  # type: ignore[return-value]
-
-    def set_task_factory(self, factory: Callable[..., asyncio.Future[Any]] | None) -> None:
-        """Set the factory create_task() uses; None restores the default."""
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self) -> Callable[..., asyncio.Future[Any]] | None:
-        """Return the task factory, or None if the default one is in use."""
-        return self._task_factory
 
     # -- async generators ----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@
 
 mod core;
 mod fd_watch;
+mod tasks;
 
 use crate::clock;
 use crate::errors::os_error;
@@ -48,6 +49,7 @@ pub struct LoopBase {
     slow_callback_duration: f64,
     /// The running thread (`threading.get_ident()`), 0 when not running.
     thread_id: u64,
+    task_factory: Option<Py<PyAny>>,
 }
 
 pub(crate) fn closed_error() -> PyErr {
@@ -220,6 +222,7 @@ impl LoopBase {
             debug: false,
             slow_callback_duration: 0.1,
             thread_id: 0,
+            task_factory: None,
         })
     }
 
@@ -320,6 +323,64 @@ impl LoopBase {
     fn _get_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
         let fd = fileobj_to_fd(fd)?;
         Ok(self.watches.get(fd).and_then(|w| w.writer.as_ref().map(|h| h.clone_ref(py))))
+    }
+
+    /// Create a Future object attached to the loop.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        LoopBase::new_future(slf)
+    }
+
+    /// Schedule a coroutine object; return a Task. Uses the task factory if one is set.
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let factory = {
+            let s = slf.borrow();
+            s.check_closed()?;
+            s.task_factory.as_ref().map(|f| f.clone_ref(py))
+        };
+        let Some(factory) = factory else {
+            return LoopBase::new_task(slf, coro, name, context);
+        };
+        // A factory written for Python < 3.11 takes (loop, coro) only: pass context just when given.
+        let task = match context.filter(|c| !c.is_none()) {
+            None => factory.call1(py, (slf, coro))?,
+            Some(context) => {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(intern!(py, "context"), context)?;
+                factory.call(py, (slf, coro), Some(&kwargs))?
+            }
+        };
+        let task = task.into_bound(py);
+        if let Some(name) = name.filter(|n| !n.is_none()) {
+            if task.hasattr(intern!(py, "set_name"))? {
+                task.call_method1(intern!(py, "set_name"), (name,))?;
+            }
+        }
+        Ok(task)
+    }
+
+    /// Set the factory `create_task()` uses: `factory(loop, coro[, context=...])`; None restores
+    /// the default.
+    fn set_task_factory(&mut self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let factory = factory.filter(|f| !f.is_none());
+        if let Some(f) = &factory {
+            if !f.is_callable() {
+                return Err(PyTypeError::new_err("task factory must be a callable or None"));
+            }
+        }
+        self.task_factory = factory.map(Bound::unbind);
+        Ok(())
+    }
+
+    /// Return the task factory, or None if the default one is in use.
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory.as_ref().map(|f| f.clone_ref(py))
     }
 
     /// Queue an existing handle (a signal handler's) to run on the next turn.
@@ -436,6 +497,7 @@ impl LoopBase {
         for h in self.ready.iter().chain(self.spare.iter()).chain(self.timers.iter()) {
             visit.call(h)?;
         }
+        visit.call(&self.task_factory)?;
         self.watches.traverse(&visit)
     }
 
@@ -444,6 +506,7 @@ impl LoopBase {
         self.spare.clear();
         self.timers.drain().for_each(drop);
         self.watches.drain();
+        self.task_factory = None;
     }
 }
 
