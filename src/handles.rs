@@ -60,7 +60,9 @@ impl Handle {
         let context = match context {
             Some(ctx) if !ctx.is_none(py) => ctx,
             // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an exception set.
-            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() },
+            _ => unsafe {
+                Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()
+            },
         };
         let source_traceback = if debug { capture_stack(py) } else { None };
         Ok(Handle {
@@ -120,7 +122,11 @@ impl Handle {
         };
         // In debug mode the repr (now saying "cancelled") is kept before the callback goes, so
         // later diagnostics can still name it. Rendering calls Python code: no borrow is held.
-        let frozen = if debug { Some(Self::render_repr(slf)?) } else { None };
+        let frozen = if debug {
+            Some(Self::render_repr(slf)?)
+        } else {
+            None
+        };
         let (callback, args) = {
             let mut h = slf.borrow_mut();
             h.frozen_repr = frozen;
@@ -156,15 +162,20 @@ impl Handle {
             info.push(format!("when={}", PyFloat::new(py, when).repr()?));
         }
         if let Some(callback) = callback {
-            let formatter = FORMAT_CALLBACK_SOURCE.import(py, "asyncio.format_helpers", "_format_callback_source")?;
-            let args = args.map_or_else(|| PyTuple::empty(py).unbind(), |a| a);
+            let formatter = FORMAT_CALLBACK_SOURCE.import(
+                py,
+                "asyncio.format_helpers",
+                "_format_callback_source",
+            )?;
+            let args = args.unwrap_or_else(|| PyTuple::empty(py).unbind());
             info.push(formatter.call1((callback, args))?.extract::<String>()?);
         }
         if let Some(tb) = traceback {
             let tb = tb.bind(py);
             if tb.len()? > 0 {
                 let frame = tb.get_item(-1)?;
-                let (file, line): (String, usize) = (frame.get_item(0)?.extract()?, frame.get_item(1)?.extract()?);
+                let (file, line): (String, usize) =
+                    (frame.get_item(0)?.extract()?, frame.get_item(1)?.extract()?);
                 info.push(format!("created at {file}:{line}"));
             }
         }
@@ -175,15 +186,26 @@ impl Handle {
 /// The caller's stack as asyncio's `format_helpers.extract_stack` formats it. Called from a
 /// native method, frame 0 is the Python code that called the loop method.
 fn capture_stack(py: Python<'_>) -> Option<Py<PyAny>> {
-    let frame = py.import("sys").ok()?.getattr("_getframe").ok()?.call1((0,)).ok()?;
-    let extract = EXTRACT_STACK.import(py, "asyncio.format_helpers", "extract_stack").ok()?;
+    let frame = py
+        .import("sys")
+        .ok()?
+        .getattr("_getframe")
+        .ok()?
+        .call1((0,))
+        .ok()?;
+    let extract = EXTRACT_STACK
+        .import(py, "asyncio.format_helpers", "extract_stack")
+        .ok()?;
     extract.call1((frame,)).ok().map(Bound::unbind)
 }
 
 /// Runs `inv` inside its context, like `context.run(callback, *args)` but without building an
 /// argument tuple for `run`.
 pub fn invoke(py: Python<'_>, inv: &Invocation) -> PyResult<()> {
-    let ctx = inv.context.as_ref().map_or(std::ptr::null_mut(), Py::as_ptr);
+    let ctx = inv
+        .context
+        .as_ref()
+        .map_or(std::ptr::null_mut(), Py::as_ptr);
     // SAFETY: all pointers are live references held by `inv` for the duration of the call; every
     // successful PyContext_Enter is paired with PyContext_Exit, and the result reference is
     // consumed or released.
@@ -223,7 +245,11 @@ impl Handle {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let _ = r#loop;
-        let args = if args.is_none() { PyTuple::empty(py) } else { args.cast::<PyTuple>()?.clone() };
+        let args = if args.is_none() {
+            PyTuple::empty(py)
+        } else {
+            args.cast::<PyTuple>()?.clone()
+        };
         Handle::new(py, callback, args.unbind(), context, false)
     }
 
@@ -292,7 +318,9 @@ impl TimerHandle {
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
     ) -> PyResult<(Self, Handle)> {
-        Err(PyRuntimeError::new_err("TimerHandle objects are created by the loop's call_later() and call_at()"))
+        Err(PyRuntimeError::new_err(
+            "TimerHandle objects are created by the loop's call_later() and call_at()",
+        ))
     }
 
     fn when(slf: PyRef<'_, Self>) -> f64 {
@@ -314,7 +342,11 @@ impl TimerHandle {
         PyFloat::new(py, slf.as_super().when).hash()
     }
 
-    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
@@ -328,7 +360,10 @@ impl TimerHandle {
             CompareOp::Eq => timer_eq(py, &a, &b)?,
             CompareOp::Ne => !timer_eq(py, &a, &b)?,
         };
-        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, result)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 }
 

@@ -75,7 +75,10 @@ impl Poller {
         // SAFETY: plain syscalls; each returned fd is checked and immediately owned.
         let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
         let waker = unsafe {
-            OwnedFd::from_raw_fd(cvt(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?)
+            OwnedFd::from_raw_fd(cvt(libc::eventfd(
+                0,
+                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+            ))?)
         };
         let poller = Poller {
             epoll,
@@ -83,7 +86,12 @@ impl Poller {
             wake_pending: AtomicBool::new(false),
             precise_timeouts: AtomicBool::new(true),
         };
-        poller.ctl(libc::EPOLL_CTL_ADD, poller.waker.as_raw_fd(), libc::EPOLLIN as u32, WAKE_TOKEN)?;
+        poller.ctl(
+            libc::EPOLL_CTL_ADD,
+            poller.waker.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            WAKE_TOKEN,
+        )?;
         Ok(poller)
     }
 
@@ -238,7 +246,10 @@ mod tests {
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two fds pipe2 returns, owned right after.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
+            0
+        );
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
@@ -276,9 +287,14 @@ mod tests {
             let seen = sent.load(Ordering::SeqCst);
             // A lost wake-up shows as a wait that runs to its (long) timeout with work pending.
             let start = std::time::Instant::now();
-            poller.wait(&mut buf, &mut out, Some(Duration::from_secs(5))).unwrap();
+            poller
+                .wait(&mut buf, &mut out, Some(Duration::from_secs(5)))
+                .unwrap();
             let stalled = start.elapsed() >= Duration::from_secs(5);
-            assert!(!(stalled && sent.load(Ordering::SeqCst) > seen), "wake-up lost");
+            assert!(
+                !(stalled && sent.load(Ordering::SeqCst) > seen),
+                "wake-up lost"
+            );
         }
         producer.join().unwrap();
     }
@@ -287,18 +303,41 @@ mod tests {
     fn readiness_is_level_triggered() {
         let poller = Poller::new().unwrap();
         let (r, w) = pipe();
-        poller.watch(r.as_raw_fd(), Interest { read: true, write: false }, false).unwrap();
+        poller
+            .watch(
+                r.as_raw_fd(),
+                Interest {
+                    read: true,
+                    write: false,
+                },
+                false,
+            )
+            .unwrap();
         // SAFETY: writes one byte from a live buffer to our pipe.
-        assert_eq!(unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) }, 1);
+        assert_eq!(
+            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
         let (mut buf, mut out) = (Vec::new(), Vec::new());
         for _ in 0..2 {
             out.clear();
-            poller.wait(&mut buf, &mut out, Some(Duration::ZERO)).unwrap();
-            assert_eq!(out, vec![Readiness { fd: r.as_raw_fd(), readable: true, writable: false }]);
+            poller
+                .wait(&mut buf, &mut out, Some(Duration::ZERO))
+                .unwrap();
+            assert_eq!(
+                out,
+                vec![Readiness {
+                    fd: r.as_raw_fd(),
+                    readable: true,
+                    writable: false
+                }]
+            );
         }
         poller.unwatch(r.as_raw_fd());
         out.clear();
-        poller.wait(&mut buf, &mut out, Some(Duration::ZERO)).unwrap();
+        poller
+            .wait(&mut buf, &mut out, Some(Duration::ZERO))
+            .unwrap();
         assert!(out.is_empty());
     }
 
@@ -306,10 +345,21 @@ mod tests {
     fn hang_up_wakes_reader_and_writer() {
         let poller = Poller::new().unwrap();
         let (r, w) = pipe();
-        poller.watch(w.as_raw_fd(), Interest { read: true, write: true }, false).unwrap();
+        poller
+            .watch(
+                w.as_raw_fd(),
+                Interest {
+                    read: true,
+                    write: true,
+                },
+                false,
+            )
+            .unwrap();
         drop(r);
         let (mut buf, mut out) = (Vec::new(), Vec::new());
-        poller.wait(&mut buf, &mut out, Some(Duration::ZERO)).unwrap();
+        poller
+            .wait(&mut buf, &mut out, Some(Duration::ZERO))
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert!(out[0].readable && out[0].writable);
     }
@@ -319,7 +369,9 @@ mod tests {
         let poller = Poller::new().unwrap();
         let (mut buf, mut out) = (Vec::new(), Vec::new());
         let start = std::time::Instant::now();
-        poller.wait(&mut buf, &mut out, Some(Duration::from_micros(1500))).unwrap();
+        poller
+            .wait(&mut buf, &mut out, Some(Duration::from_micros(1500)))
+            .unwrap();
         assert!(start.elapsed() >= Duration::from_micros(1500));
     }
 }

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from ._ferroloop import __version__
 from .loop import Loop

@@ -43,7 +43,12 @@ except ImportError:  # pragma: no cover - CPython without OpenSSL
 
 
 def _debug_mode_from_environment() -> bool:
-    """asyncio's rule: `-X dev`, or PYTHONASYNCIODEBUG set and the environment honoured."""
+    """asyncio's rule for a new loop's debug mode: `-X dev`, or PYTHONASYNCIODEBUG set and the
+    environment honoured. asyncio's own helper is asked when it exists, so code (and tests) that
+    patch it see the same answer on both loops."""
+    is_debug_mode = getattr(coroutines, "_is_debug_mode", None)
+    if is_debug_mode is not None:
+        return bool(is_debug_mode())
     return sys.flags.dev_mode or (not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG")))
 
 
@@ -67,11 +72,10 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
         # fd -> transport owning it, for the check that user watchers do not steal its fd.
         self._transports: weakref.WeakValueDictionary[int, asyncio.BaseTransport] = weakref.WeakValueDictionary()
         self.set_debug(_debug_mode_from_environment())
+        _live_loops.add(self)
 
     def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} debug={self.get_debug()}>"
-        )
+        return f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} debug={self.get_debug()}>"
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if not self.is_closed():
@@ -170,6 +174,7 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
             warnings.warn(
                 f"Closing the loop {self!r} on interpreter shutdown stage, skipping signal handlers removal",
                 ResourceWarning,
+                stacklevel=2,
                 source=self,
             )
             self._signal_handlers.clear()
@@ -179,6 +184,19 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
         executor, self._default_executor = self._default_executor, None
         if executor is not None:
             executor.shutdown(wait=False)
+
+    def _after_fork(self) -> None:
+        """In a forked child: stop sharing the poller and the signal socket with the parent."""
+        if self.is_closed():
+            return
+        self._reinit_after_fork()
+        if self._signal_socks is not None:
+            self._close_signal_socks()
+            if self._signal_handlers:
+                try:
+                    signal.set_wakeup_fd(self._signal_wakeup_fd(), warn_on_full_buffer=False)
+                except (ValueError, OSError):
+                    pass  # forked from a non-main thread: signals are not ours to take here
 
     # -- debug mode ----------------------------------------------------------------------------
 
@@ -229,6 +247,7 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
             warnings.warn(
                 f"asynchronous generator {agen!r} was scheduled after loop.shutdown_asyncgens() call",
                 ResourceWarning,
+                stacklevel=2,
                 source=self,
             )
         self._asyncgens.add(agen)
@@ -318,7 +337,9 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
 
     # -- executors -----------------------------------------------------------------------------
 
-    def run_in_executor(self, executor: concurrent.futures.Executor | None, func: Callable[..., Any], *args: Any) -> Any:
+    def run_in_executor(
+        self, executor: concurrent.futures.Executor | None, func: Callable[..., Any], *args: Any
+    ) -> Any:
         """Run func(*args) in executor (the default thread pool if None); return an awaitable future."""
         self._check_closed()
         if self.get_debug() and (coroutines.iscoroutine(func) or coroutines.iscoroutinefunction(func)):
@@ -478,18 +499,19 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
         if sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
 
-    async def _sock_io(self, sock: socket.socket, write: bool, op: Callable[..., Any], *args: Any) -> Any:
-        """Await op(*args) on a non-blocking socket: retried each time the socket is ready,
-        until it stops raising BlockingIOError."""
+    async def _sock_io(self, sock: socket.socket, write: bool, method: str, *args: Any) -> Any:
+        """Await sock.<method>(*args) on a non-blocking socket: retried each time the socket is
+        ready, until it stops raising BlockingIOError. The method is looked up on every try, as
+        asyncio does (code that wraps or patches socket methods relies on it)."""
         try:
-            return op(*args)
+            return getattr(sock, method)(*args)
         except (BlockingIOError, InterruptedError):
             pass
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         add = self._add_writer if write else self._add_reader
-        handle = add(fd, _retry_sock_op, fut, op, args)
+        handle = add(fd, _retry_sock_op, fut, sock, method, args)
         fut.add_done_callback(functools.partial(self._sock_io_done, fd, write, handle))
         return await fut
 
@@ -502,29 +524,29 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to n bytes from sock."""
         self._check_sock(sock)
-        return await self._sock_io(sock, False, sock.recv, n)
+        return await self._sock_io(sock, False, "recv", n)
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         """Receive data from sock into buf; return the number of bytes received."""
         self._check_sock(sock)
-        return await self._sock_io(sock, False, sock.recv_into, buf)
+        return await self._sock_io(sock, False, "recv_into", buf)
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to bufsize bytes; return (data, address)."""
         self._check_sock(sock)
-        return await self._sock_io(sock, False, sock.recvfrom, bufsize)
+        return await self._sock_io(sock, False, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
         """Receive a datagram into buf; return (nbytes, address)."""
         self._check_sock(sock)
         if not nbytes:
             nbytes = len(buf)
-        return await self._sock_io(sock, False, sock.recvfrom_into, buf, nbytes)
+        return await self._sock_io(sock, False, "recvfrom_into", buf, nbytes)
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         """Send a datagram to address; return the number of bytes sent."""
         self._check_sock(sock)
-        return await self._sock_io(sock, True, sock.sendto, data, address)
+        return await self._sock_io(sock, True, "sendto", data, address)
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of data to sock, waiting for the socket to drain as needed."""
@@ -568,9 +590,22 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         """Accept a connection; return (conn, address) with conn non-blocking."""
         self._check_sock(sock)
-        conn, address = await self._sock_io(sock, False, sock.accept)
+        conn, address = await self._sock_io(sock, False, "accept")
         conn.setblocking(False)
         return conn, address
+
+
+# Every open loop, so a forked child can give each its own poller (see Loop._after_fork).
+_live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
+
+
+def _reinit_loops_in_child() -> None:
+    for loop in list(_live_loops):
+        loop._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_loops_in_child)
 
 
 def _run_until_complete_cb(fut: asyncio.Future[Any]) -> None:
@@ -593,11 +628,11 @@ def _set_exception_unless_done(fut: asyncio.Future[Any], exc: BaseException) -> 
         fut.set_exception(exc)
 
 
-def _retry_sock_op(fut: asyncio.Future[Any], op: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _retry_sock_op(fut: asyncio.Future[Any], sock: socket.socket, method: str, args: tuple[Any, ...]) -> None:
     if fut.done():
         return
     try:
-        result = op(*args)
+        result = getattr(sock, method)(*args)
     except (BlockingIOError, InterruptedError):
         return
     except (SystemExit, KeyboardInterrupt):

@@ -86,21 +86,29 @@ impl LoopBase {
         match self.timers.peek() {
             None => PollPlan::Block(None),
             Some((when, _)) if when <= now => PollPlan::NonBlocking,
-            Some((when, _)) => PollPlan::Block(Some(Duration::from_secs_f64((when - now).min(MAX_POLL_SECONDS)))),
+            Some((when, _)) => PollPlan::Block(Some(Duration::from_secs_f64(
+                (when - now).min(MAX_POLL_SECONDS),
+            ))),
         }
     }
 
     /// Queues the reader and/or writer of a ready fd. A cancelled handle found here is removed
     /// from the table (asyncio does the same), which stops the fd from waking us again.
     fn dispatch(&mut self, py: Python<'_>, event: Readiness, stale: &mut Vec<Py<Handle>>) {
-        let Some(poller) = self.poller.clone() else { return };
-        let Some(watch) = self.watches.get(event.fd) else { return };
+        let Some(poller) = self.poller.clone() else {
+            return;
+        };
+        let Some(watch) = self.watches.get(event.fd) else {
+            return;
+        };
         let mut to_clear = Vec::new();
         for (wanted, slot, side) in [
             (event.readable, &watch.reader, super::fd_watch::Side::Read),
             (event.writable, &watch.writer, super::fd_watch::Side::Write),
         ] {
-            let Some(handle) = slot.as_ref().filter(|_| wanted) else { continue };
+            let Some(handle) = slot.as_ref().filter(|_| wanted) else {
+                continue;
+            };
             if handle.borrow(py).is_cancelled() {
                 to_clear.push(side);
             } else {
@@ -125,22 +133,28 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
             s.last_poll = now;
         }
         let poller = s.poller.clone().ok_or_else(super::closed_error)?;
-        (plan, poller, std::mem::take(&mut s.epoll_buf), std::mem::take(&mut s.readiness), purged)
+        (
+            plan,
+            poller,
+            std::mem::take(&mut s.epoll_buf),
+            std::mem::take(&mut s.readiness),
+            purged,
+        )
     };
     drop(purged);
 
     readiness.clear();
-    let polled = match plan {
+    let poll_result = match plan {
         PollPlan::Skip => Ok(()),
         PollPlan::NonBlocking => poller.wait(&mut epoll_buf, &mut readiness, Some(Duration::ZERO)),
         PollPlan::Block(timeout) => {
-            let polled = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
+            let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
             now = clock::monotonic();
-            polled
+            waited
         }
     };
     slf.borrow_mut().epoll_buf = epoll_buf;
-    match polled {
+    match poll_result {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
         Err(err) => return Err(os_error(&err)),
@@ -174,10 +188,16 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     run_batch(slf, batch, debug)
 }
 
-fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: bool) -> PyResult<()> {
+fn run_batch(
+    slf: &Bound<'_, LoopBase>,
+    mut batch: VecDeque<Py<Handle>>,
+    debug: bool,
+) -> PyResult<()> {
     let py = slf.py();
     while let Some(handle) = batch.pop_front() {
-        let Some(invocation) = handle.borrow(py).invocation(py) else { continue };
+        let Some(invocation) = handle.borrow(py).invocation(py) else {
+            continue;
+        };
         let started = debug.then(clock::monotonic);
         let outcome = invoke(py, &invocation);
         drop(invocation);
@@ -210,16 +230,33 @@ fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
 }
 
 /// Passes an exception raised by a callback to `call_exception_handler` with asyncio's keys.
-fn report_callback_error(slf: &Bound<'_, LoopBase>, handle: &Py<Handle>, err: PyErr) -> PyResult<()> {
+fn report_callback_error(
+    slf: &Bound<'_, LoopBase>,
+    handle: &Py<Handle>,
+    err: PyErr,
+) -> PyResult<()> {
     let py = slf.py();
-    let format = py.import(intern!(py, "asyncio.format_helpers"))?.getattr(intern!(py, "_format_callback_source"))?;
+    let format = py
+        .import(intern!(py, "asyncio.format_helpers"))?
+        .getattr(intern!(py, "_format_callback_source"))?;
     let (callback, args, traceback) = {
         let h = handle.bind(py);
-        (h.getattr(intern!(py, "_callback"))?, h.getattr(intern!(py, "_args"))?, h.borrow().source_traceback(py))
+        (
+            h.getattr(intern!(py, "_callback"))?,
+            h.getattr(intern!(py, "_args"))?,
+            h.borrow().source_traceback(py),
+        )
     };
-    let description = if callback.is_none() { handle.bind(py).repr()?.into_any() } else { format.call1((callback, args))? };
+    let description = if callback.is_none() {
+        handle.bind(py).repr()?.into_any()
+    } else {
+        format.call1((callback, args))?
+    };
     let context = PyDict::new(py);
-    context.set_item(intern!(py, "message"), format!("Exception in callback {description}"))?;
+    context.set_item(
+        intern!(py, "message"),
+        format!("Exception in callback {description}"),
+    )?;
     context.set_item(intern!(py, "exception"), err.into_value(py))?;
     context.set_item(intern!(py, "handle"), handle)?;
     if let Some(tb) = traceback {

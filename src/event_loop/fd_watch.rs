@@ -33,7 +33,10 @@ impl FdWatch {
     }
 
     fn interest(&self) -> Interest {
-        Interest { read: self.reader.is_some(), write: self.writer.is_some() }
+        Interest {
+            read: self.reader.is_some(),
+            write: self.writer.is_some(),
+        }
     }
 }
 
@@ -86,8 +89,19 @@ impl FdWatches {
         self.map.get(&fd)
     }
 
+    /// Registers every watched fd in `poller` (a fresh one, after `fork()`).
+    pub fn register_all(&self, poller: &Poller) -> io::Result<()> {
+        for (&fd, watch) in &self.map {
+            poller.watch(fd, watch.interest(), false)?;
+        }
+        Ok(())
+    }
+
     pub fn drain(&mut self) -> Vec<Py<Handle>> {
-        self.map.drain().flat_map(|(_, w)| w.reader.into_iter().chain(w.writer)).collect()
+        self.map
+            .drain()
+            .flat_map(|(_, w)| w.reader.into_iter().chain(w.writer))
+            .collect()
     }
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {

@@ -29,6 +29,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 #[pyclass(subclass, module = "ferroloop._ferroloop")]
+#[allow(clippy::struct_excessive_bools)] // independent lifecycle flags, as asyncio keeps them
 pub struct LoopBase {
     ready: VecDeque<Py<Handle>>,
     /// An empty queue kept to swap with `ready` each turn, so running a batch allocates nothing.
@@ -66,7 +67,12 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = if obj.is_instance_of::<PyInt>() {
         obj.extract()?
     } else {
-        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())));
+        let invalid = || {
+            PyValueError::new_err(format!(
+                "Invalid file object: {}",
+                obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())
+            ))
+        };
         let fileno = obj.call_method0(intern!(obj.py(), "fileno")).map_err(|e| {
             if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(obj.py())
                 || e.is_instance_of::<PyTypeError>(obj.py())
@@ -77,10 +83,15 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
                 e
             }
         })?;
-        fileno.call_method0(intern!(obj.py(), "__index__")).and_then(|v| v.extract()).map_err(|_| invalid())?
+        fileno
+            .call_method0(intern!(obj.py(), "__index__"))
+            .and_then(|v| v.extract())
+            .map_err(|_| invalid())?
     };
     if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
 }
@@ -91,16 +102,27 @@ fn check_callback(callback: &Bound<'_, PyAny>, method: &str, debug: bool) -> PyR
     let py = callback.py();
     let coroutines = || py.import(intern!(py, "asyncio.coroutines"));
     if !callback.is_callable() {
-        if coroutines()?.call_method1(intern!(py, "iscoroutine"), (callback,))?.is_truthy()? {
-            return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+        if coroutines()?
+            .call_method1(intern!(py, "iscoroutine"), (callback,))?
+            .is_truthy()?
+        {
+            return Err(PyTypeError::new_err(format!(
+                "coroutines cannot be used with {method}()"
+            )));
         }
         return Err(PyTypeError::new_err(format!(
             "a callable object was expected by {method}(), got {}",
             callback.repr()?
         )));
     }
-    if debug && coroutines()?.call_method1(intern!(py, "iscoroutinefunction"), (callback,))?.is_truthy()? {
-        return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+    if debug
+        && coroutines()?
+            .call_method1(intern!(py, "iscoroutinefunction"), (callback,))?
+            .is_truthy()?
+    {
+        return Err(PyTypeError::new_err(format!(
+            "coroutines cannot be used with {method}()"
+        )));
     }
     Ok(())
 }
@@ -142,7 +164,10 @@ impl LoopBase {
             s.debug
         };
         check_callback(&callback, method, debug)?;
-        let handle = Py::new(py, Handle::new(py, callback.unbind(), args.unbind(), context, debug)?)?;
+        let handle = Py::new(
+            py,
+            Handle::new(py, callback.unbind(), args.unbind(), context, debug)?,
+        )?;
         let mut s = slf.borrow_mut();
         s.ready.push_back(handle.clone_ref(py));
         if threadsafe && s.running && s.thread_id != current_thread() {
@@ -167,11 +192,16 @@ impl LoopBase {
             s.check_closed()?;
             s.debug
         };
-        let handle = Py::new(py, Handle::new(py, callback.unbind(), args.unbind(), None, debug)?)?;
+        let handle = Py::new(
+            py,
+            Handle::new(py, callback.unbind(), args.unbind(), None, debug)?,
+        )?;
         let replaced = {
             let mut s = slf.borrow_mut();
             let poller = s.poller.clone().ok_or_else(closed_error)?;
-            s.watches.set(&poller, fd, side, handle.clone_ref(py)).map_err(|e| os_error(&e))?
+            s.watches
+                .set(&poller, fd, side, handle.clone_ref(py))
+                .map_err(|e| os_error(&e))?
         };
         if let Some(old) = replaced {
             old.bind(py).call_method0(intern!(py, "cancel"))?;
@@ -187,7 +217,9 @@ impl LoopBase {
         let fd = fileobj_to_fd(fd)?;
         let removed = {
             let mut s = slf.borrow_mut();
-            let Some(poller) = s.poller.clone() else { return Ok(false) };
+            let Some(poller) = s.poller.clone() else {
+                return Ok(false);
+            };
             s.watches.clear(&poller, fd, side)
         };
         match removed {
@@ -227,6 +259,7 @@ impl LoopBase {
     }
 
     /// Return the time according to the event loop's clock (`time.monotonic()`).
+    #[allow(clippy::unused_self)] // a method, as asyncio's API has it
     fn time(&self) -> f64 {
         clock::monotonic()
     }
@@ -317,12 +350,18 @@ impl LoopBase {
     /// Whether `fd` has a reader (`Some(handle)` when it has).
     fn _get_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
         let fd = fileobj_to_fd(fd)?;
-        Ok(self.watches.get(fd).and_then(|w| w.reader.as_ref().map(|h| h.clone_ref(py))))
+        Ok(self
+            .watches
+            .get(fd)
+            .and_then(|w| w.reader.as_ref().map(|h| h.clone_ref(py))))
     }
 
     fn _get_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
         let fd = fileobj_to_fd(fd)?;
-        Ok(self.watches.get(fd).and_then(|w| w.writer.as_ref().map(|h| h.clone_ref(py))))
+        Ok(self
+            .watches
+            .get(fd)
+            .and_then(|w| w.writer.as_ref().map(|h| h.clone_ref(py))))
     }
 
     /// Create a Future object attached to the loop.
@@ -371,7 +410,9 @@ impl LoopBase {
         let factory = factory.filter(|f| !f.is_none());
         if let Some(f) = &factory {
             if !f.is_callable() {
-                return Err(PyTypeError::new_err("task factory must be a callable or None"));
+                return Err(PyTypeError::new_err(
+                    "task factory must be a callable or None",
+                ));
             }
         }
         self.task_factory = factory.map(Bound::unbind);
@@ -381,6 +422,21 @@ impl LoopBase {
     /// Return the task factory, or None if the default one is in use.
     fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.task_factory.as_ref().map(|f| f.clone_ref(py))
+    }
+
+    /// Give a forked child its own poller: the epoll set and eventfd are shared with the parent
+    /// after `fork()`, so registering fds in the child would change the parent's interest set.
+    /// Watched fds are registered again in the new poller.
+    fn _reinit_after_fork(&mut self) -> PyResult<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let poller = Arc::new(Poller::new().map_err(|e| os_error(&e))?);
+        self.watches
+            .register_all(&poller)
+            .map_err(|e| os_error(&e))?;
+        self.poller = Some(poller);
+        Ok(())
     }
 
     /// Queue an existing handle (a signal handler's) to run on the next turn.
@@ -397,7 +453,9 @@ impl LoopBase {
             let mut s = slf.borrow_mut();
             s.check_closed()?;
             if s.running {
-                return Err(PyRuntimeError::new_err("This event loop is already running"));
+                return Err(PyRuntimeError::new_err(
+                    "This event loop is already running",
+                ));
             }
             s.running = true;
             s.thread_id = current_thread();
@@ -494,7 +552,12 @@ impl LoopBase {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for h in self.ready.iter().chain(self.spare.iter()).chain(self.timers.iter()) {
+        for h in self
+            .ready
+            .iter()
+            .chain(self.spare.iter())
+            .chain(self.timers.iter())
+        {
             visit.call(h)?;
         }
         visit.call(&self.task_factory)?;
@@ -528,7 +591,8 @@ impl LoopBase {
             (s.debug, s.timer_cancels.clone())
         };
         check_callback(&callback, "call_at", debug)?;
-        let base = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_timer(when, cancels);
+        let base = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?
+            .into_timer(when, cancels);
         let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
         slf.borrow_mut().timers.push(when, as_handle);

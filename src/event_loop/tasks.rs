@@ -1,8 +1,8 @@
 //! `create_future` and `create_task` without a Python frame: both run once per task or future,
 //! and the C-accelerated `asyncio.Future`/`asyncio.Task` types are called directly with
-//! vectorcall (keyword names cached), so a task costs what CPython's own `Task()` costs.
+//! vectorcall (keyword names cached), so a task costs what `CPython`'s own `Task()` costs.
 //!
-//! Tasks and futures stay CPython's own types: introspection (`asyncio.all_tasks`, `Task.print_stack`,
+//! Tasks and futures stay `CPython`'s own types: introspection (`asyncio.all_tasks`, `Task.print_stack`,
 //! `get_coro`, cancellation messages) keeps working unchanged.
 
 use super::LoopBase;
@@ -16,13 +16,22 @@ static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// Keyword-name tuples for `Task(coro, loop=..., [name=...], [context=...])`, indexed by
 /// `has_name | has_context << 1`.
-static TASK_KWNAMES: [PyOnceLock<Py<PyTuple>>; 4] =
-    [PyOnceLock::new(), PyOnceLock::new(), PyOnceLock::new(), PyOnceLock::new()];
+static TASK_KWNAMES: [PyOnceLock<Py<PyTuple>>; 4] = [
+    PyOnceLock::new(),
+    PyOnceLock::new(),
+    PyOnceLock::new(),
+    PyOnceLock::new(),
+];
 static LOOP_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
-fn kwnames<'a>(py: Python<'_>, cell: &'a PyOnceLock<Py<PyTuple>>, names: &[&str]) -> PyResult<&'a Py<PyTuple>> {
+fn kwnames<'a>(
+    py: Python<'_>,
+    cell: &'a PyOnceLock<Py<PyTuple>>,
+    names: &[&str],
+) -> PyResult<&'a Py<PyTuple>> {
     cell.get_or_try_init(py, || {
-        let names: Vec<Bound<'_, PyString>> = names.iter().map(|n| PyString::intern(py, n)).collect();
+        let names: Vec<Bound<'_, PyString>> =
+            names.iter().map(|n| PyString::intern(py, n)).collect();
         Ok(PyTuple::new(py, names)?.unbind())
     })
 }
@@ -38,7 +47,8 @@ fn vectorcall<'py>(
     // SAFETY: every pointer in `args` is a live reference borrowed from the caller for the
     // duration of the call; `names` holds exactly `args.len() - positional` interned strings.
     unsafe {
-        let result = ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), positional, names.as_ptr());
+        let result =
+            ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), positional, names.as_ptr());
         Bound::from_owned_ptr_or_err(py, result)
     }
 }
