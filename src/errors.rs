@@ -13,11 +13,7 @@ pub fn os_error(err: &io::Error) -> PyErr {
         Some(code) => {
             let message = io::Error::from_raw_os_error(code).to_string();
             // std appends " (os error N)"; strerror's text is what Python users expect.
-            let strerror = message
-                .split(" (os error")
-                .next()
-                .unwrap_or(&message)
-                .to_owned();
+            let strerror = message.split(" (os error").next().unwrap_or(&message).to_owned();
             PyOSError::new_err((code, strerror))
         }
         None => PyOSError::new_err(err.to_string()),

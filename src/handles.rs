@@ -20,7 +20,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-#[pyclass(subclass, module = "ferroloop._ferroloop")]
+#[pyclass(subclass, freelist = 1024, module = "ferroloop._ferroloop")]
 pub struct Handle {
     callback: Option<Py<PyAny>>,
     args: Option<Py<PyTuple>>,
@@ -33,6 +33,13 @@ pub struct Handle {
     /// The loop's count of cancelled timers still in its heap; `None` for plain handles.
     timer_cancels: Option<Arc<AtomicUsize>>,
     debug: bool,
+    /// A one-shot handle of the loop's (`call_soon`, `call_later`, ...) outside debug mode. The
+    /// loop releases its callback, arguments and context once it has run, been cancelled or the
+    /// loop closed, so the handle cannot be part of a reference cycle after that; before that the
+    /// loop reports those references as its own to the GC. Such handles are therefore not tracked
+    /// by the GC themselves, which keeps young-generation collections from walking every queued
+    /// callback. Debug-mode handles keep everything for diagnostics and stay tracked.
+    owned_by_loop: bool,
     source_traceback: Option<Py<PyAny>>,
     /// The repr frozen at cancellation in debug mode, as asyncio does.
     frozen_repr: Option<String>,
@@ -60,9 +67,7 @@ impl Handle {
         let context = match context {
             Some(ctx) if !ctx.is_none(py) => ctx,
             // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an exception set.
-            _ => unsafe {
-                Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()
-            },
+            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() },
         };
         let source_traceback = if debug { capture_stack(py) } else { None };
         Ok(Handle {
@@ -74,9 +79,63 @@ impl Handle {
             scheduled: false,
             timer_cancels: None,
             debug,
+            owned_by_loop: false,
             source_traceback,
             frozen_repr: None,
         })
+    }
+
+    /// Wraps a one-shot handle of the loop's into a Python object, untracked by the GC unless in
+    /// debug mode (see `owned_by_loop`).
+    pub fn into_loop_owned(mut self, py: Python<'_>) -> PyResult<Py<Handle>> {
+        self.owned_by_loop = !self.debug;
+        let owned = self.owned_by_loop;
+        let handle = Py::new(py, self)?;
+        if owned {
+            // SAFETY: a live object of a GC type; untracking only removes it from the GC's lists.
+            unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) };
+        }
+        Ok(handle)
+    }
+
+    /// Marks a timer built with `into_timer` as owned by the loop, for `Bound::new` callers.
+    pub fn set_loop_owned(&mut self) {
+        self.owned_by_loop = !self.debug;
+    }
+
+    pub fn is_loop_owned(&self) -> bool {
+        self.owned_by_loop
+    }
+
+    /// Moves the callback out of a loop-owned handle that is about to run for the only time;
+    /// other handles (reused fd watchers, debug mode) keep theirs and hand out new references.
+    pub fn take_invocation(&mut self, py: Python<'_>) -> Option<Invocation> {
+        if !self.owned_by_loop {
+            return self.invocation(py);
+        }
+        if self.cancelled {
+            return None;
+        }
+        Some(Invocation {
+            callback: self.callback.take()?,
+            args: self.args.take()?,
+            context: self.context.take(),
+        })
+    }
+
+    /// Releases the references of a handle the loop will never run (closed loop).
+    pub fn release(&mut self) -> (Option<Py<PyAny>>, Option<Py<PyTuple>>, Option<Py<PyAny>>) {
+        (self.callback.take(), self.args.take(), self.context.take())
+    }
+
+    /// Reports the references of a loop-owned (untracked) handle on the loop's behalf.
+    pub fn visit_owned(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if self.owned_by_loop {
+            visit.call(&self.callback)?;
+            visit.call(&self.args)?;
+            visit.call(&self.context)?;
+        }
+        Ok(())
     }
 
     pub fn into_timer(mut self, when: f64, cancels: Arc<AtomicUsize>) -> Self {
@@ -122,11 +181,7 @@ impl Handle {
         };
         // In debug mode the repr (now saying "cancelled") is kept before the callback goes, so
         // later diagnostics can still name it. Rendering calls Python code: no borrow is held.
-        let frozen = if debug {
-            Some(Self::render_repr(slf)?)
-        } else {
-            None
-        };
+        let frozen = if debug { Some(Self::render_repr(slf)?) } else { None };
         let (callback, args) = {
             let mut h = slf.borrow_mut();
             h.frozen_repr = frozen;
@@ -162,11 +217,7 @@ impl Handle {
             info.push(format!("when={}", PyFloat::new(py, when).repr()?));
         }
         if let Some(callback) = callback {
-            let formatter = FORMAT_CALLBACK_SOURCE.import(
-                py,
-                "asyncio.format_helpers",
-                "_format_callback_source",
-            )?;
+            let formatter = FORMAT_CALLBACK_SOURCE.import(py, "asyncio.format_helpers", "_format_callback_source")?;
             let args = args.unwrap_or_else(|| PyTuple::empty(py).unbind());
             info.push(formatter.call1((callback, args))?.extract::<String>()?);
         }
@@ -174,8 +225,7 @@ impl Handle {
             let tb = tb.bind(py);
             if tb.len()? > 0 {
                 let frame = tb.get_item(-1)?;
-                let (file, line): (String, usize) =
-                    (frame.get_item(0)?.extract()?, frame.get_item(1)?.extract()?);
+                let (file, line): (String, usize) = (frame.get_item(0)?.extract()?, frame.get_item(1)?.extract()?);
                 info.push(format!("created at {file}:{line}"));
             }
         }
@@ -186,13 +236,7 @@ impl Handle {
 /// The caller's stack as asyncio's `format_helpers.extract_stack` formats it. Called from a
 /// native method, frame 0 is the Python code that called the loop method.
 fn capture_stack(py: Python<'_>) -> Option<Py<PyAny>> {
-    let frame = py
-        .import("sys")
-        .ok()?
-        .getattr("_getframe")
-        .ok()?
-        .call1((0,))
-        .ok()?;
+    let frame = py.import("sys").ok()?.getattr("_getframe").ok()?.call1((0,)).ok()?;
     let extract = EXTRACT_STACK
         .import(py, "asyncio.format_helpers", "extract_stack")
         .ok()?;
@@ -202,10 +246,7 @@ fn capture_stack(py: Python<'_>) -> Option<Py<PyAny>> {
 /// Runs `inv` inside its context, like `context.run(callback, *args)` but without building an
 /// argument tuple for `run`.
 pub fn invoke(py: Python<'_>, inv: &Invocation) -> PyResult<()> {
-    let ctx = inv
-        .context
-        .as_ref()
-        .map_or(std::ptr::null_mut(), Py::as_ptr);
+    let ctx = inv.context.as_ref().map_or(std::ptr::null_mut(), Py::as_ptr);
     // SAFETY: all pointers are live references held by `inv` for the duration of the call; every
     // successful PyContext_Enter is paired with PyContext_Exit, and the result reference is
     // consumed or released.
@@ -342,11 +383,7 @@ impl TimerHandle {
         PyFloat::new(py, slf.as_super().when).hash()
     }
 
-    fn __richcmp__(
-        slf: &Bound<'_, Self>,
-        other: &Bound<'_, PyAny>,
-        op: CompareOp,
-    ) -> PyResult<Py<PyAny>> {
+    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
@@ -360,10 +397,7 @@ impl TimerHandle {
             CompareOp::Eq => timer_eq(py, &a, &b)?,
             CompareOp::Ne => !timer_eq(py, &a, &b)?,
         };
-        Ok(pyo3::types::PyBool::new(py, result)
-            .to_owned()
-            .into_any()
-            .unbind())
+        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
     }
 }
 

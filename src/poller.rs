@@ -74,12 +74,7 @@ impl Poller {
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain syscalls; each returned fd is checked and immediately owned.
         let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
-        let waker = unsafe {
-            OwnedFd::from_raw_fd(cvt(libc::eventfd(
-                0,
-                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
-            ))?)
-        };
+        let waker = unsafe { OwnedFd::from_raw_fd(cvt(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?) };
         let poller = Poller {
             epoll,
             waker,
@@ -287,14 +282,9 @@ mod tests {
             let seen = sent.load(Ordering::SeqCst);
             // A lost wake-up shows as a wait that runs to its (long) timeout with work pending.
             let start = std::time::Instant::now();
-            poller
-                .wait(&mut buf, &mut out, Some(Duration::from_secs(5)))
-                .unwrap();
+            poller.wait(&mut buf, &mut out, Some(Duration::from_secs(5))).unwrap();
             let stalled = start.elapsed() >= Duration::from_secs(5);
-            assert!(
-                !(stalled && sent.load(Ordering::SeqCst) > seen),
-                "wake-up lost"
-            );
+            assert!(!(stalled && sent.load(Ordering::SeqCst) > seen), "wake-up lost");
         }
         producer.join().unwrap();
     }
@@ -314,16 +304,11 @@ mod tests {
             )
             .unwrap();
         // SAFETY: writes one byte from a live buffer to our pipe.
-        assert_eq!(
-            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
-            1
-        );
+        assert_eq!(unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) }, 1);
         let (mut buf, mut out) = (Vec::new(), Vec::new());
         for _ in 0..2 {
             out.clear();
-            poller
-                .wait(&mut buf, &mut out, Some(Duration::ZERO))
-                .unwrap();
+            poller.wait(&mut buf, &mut out, Some(Duration::ZERO)).unwrap();
             assert_eq!(
                 out,
                 vec![Readiness {
@@ -335,9 +320,7 @@ mod tests {
         }
         poller.unwatch(r.as_raw_fd());
         out.clear();
-        poller
-            .wait(&mut buf, &mut out, Some(Duration::ZERO))
-            .unwrap();
+        poller.wait(&mut buf, &mut out, Some(Duration::ZERO)).unwrap();
         assert!(out.is_empty());
     }
 
@@ -357,9 +340,7 @@ mod tests {
             .unwrap();
         drop(r);
         let (mut buf, mut out) = (Vec::new(), Vec::new());
-        poller
-            .wait(&mut buf, &mut out, Some(Duration::ZERO))
-            .unwrap();
+        poller.wait(&mut buf, &mut out, Some(Duration::ZERO)).unwrap();
         assert_eq!(out.len(), 1);
         assert!(out[0].readable && out[0].writable);
     }

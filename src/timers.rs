@@ -34,10 +34,7 @@ impl<T> PartialOrd for Entry<T> {
 impl<T> Ord for Entry<T> {
     /// Reversed, so that std's max-heap pops the earliest deadline first.
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .when
-            .total_cmp(&self.when)
-            .then_with(|| other.seq.cmp(&self.seq))
+        other.when.total_cmp(&self.when).then_with(|| other.seq.cmp(&self.seq))
     }
 }
 

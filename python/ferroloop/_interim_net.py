@@ -9,13 +9,15 @@ transports are CPython's Python transports; they register their sockets through 
 
 Taking the functions from the running interpreter (not copying their source) keeps them matched
 with that interpreter's transports, whatever its version. `Loop` provides what they expect of a
-selector loop: `_transports`, `_debug`, and the `_add_*`/`_remove_*` watcher methods.
+selector loop: `_transports`, `_debug`, the `_add_*`/`_remove_*` watcher methods, and a
+read-only `_selector` view (their `repr` asks it what an fd is watched for).
 """
 
 from __future__ import annotations
 
+import selectors
 from asyncio import base_events, selector_events, unix_events
-from typing import Any
+from typing import Any, Protocol
 
 _BORROWED: dict[type, tuple[str, ...]] = {
     base_events.BaseEventLoop: (
@@ -79,3 +81,28 @@ InterimNetworking = type(
     (),
     {**_collect(), "__doc__": "CPython's networking methods, bound to ferroloop's engine (interim).", "__slots__": ()},
 )
+
+
+class _Watchers(Protocol):
+    def _get_reader(self, fd: Any) -> Any: ...
+    def _get_writer(self, fd: Any) -> Any: ...
+
+
+class SelectorView:
+    """The read-only part of a `selectors.BaseSelector` that CPython's transports use:
+    `get_key()`, answered from the loop's native fd table."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: _Watchers) -> None:
+        self._loop = loop
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        reader, writer = self._loop._get_reader(fileobj), self._loop._get_writer(fileobj)
+        if reader is None and writer is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        events = (selectors.EVENT_READ if reader is not None else 0) | (
+            selectors.EVENT_WRITE if writer is not None else 0
+        )
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        return selectors.SelectorKey(fileobj, fd, events, (reader, writer))

@@ -29,7 +29,7 @@ from asyncio import coroutines, futures, tasks
 from typing import Any, Callable
 
 from . import _ferroloop, _resolve
-from ._interim_net import InterimNetworking
+from ._interim_net import InterimNetworking, SelectorView
 
 logger = logging.getLogger("asyncio")
 
@@ -86,6 +86,12 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
     @property
     def _debug(self) -> bool:
         return self.get_debug()
+
+    @property
+    def _selector(self) -> SelectorView | None:
+        """What CPython's transports ask of a selector loop: which fds are watched for what
+        (None once closed, as a selector loop's)."""
+        return None if self.is_closed() else SelectorView(self)
 
     # -- fd watchers ---------------------------------------------------------------------------
 

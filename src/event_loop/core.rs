@@ -15,7 +15,7 @@ use super::fd_watch::FdWatches;
 use super::LoopBase;
 use crate::clock;
 use crate::errors::os_error;
-use crate::handles::{invoke, Handle};
+use crate::handles::{invoke, Handle, Invocation};
 use crate::poller::Readiness;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::intern;
@@ -30,14 +30,11 @@ use std::time::Duration;
 const MAX_POLL_SECONDS: f64 = 24.0 * 3600.0;
 /// Rebuild the heap only past this size, when more than half of it is cancelled (as asyncio).
 const MIN_HEAP_FOR_REBUILD: usize = 100;
-/// While callbacks are ready, look at I/O at most this often (seconds). asyncio polls on every
-/// turn; a turn that runs one short callback then spends most of its time in `epoll_wait`. I/O
-/// still gets looked at within this bound, and always before the loop blocks.
-const BUSY_POLL_INTERVAL: f64 = 100e-6;
 
+/// How a turn polls. Every turn looks at I/O, as asyncio's does: skipping the look while
+/// callbacks are ready was measured (docs/perf-log.md) and changes how I/O interleaves with
+/// callbacks, which programs and CPython's tests observe.
 enum PollPlan {
-    /// Callbacks are ready and I/O was looked at very recently.
-    Skip,
     /// Look at I/O without waiting; the GIL is kept, as the call cannot block.
     NonBlocking,
     /// Wait for I/O with the GIL released, at most this long (`None`: until something happens).
@@ -78,17 +75,12 @@ impl LoopBase {
             return PollPlan::NonBlocking;
         }
         if !self.ready.is_empty() {
-            if now - self.last_poll < BUSY_POLL_INTERVAL {
-                return PollPlan::Skip;
-            }
             return PollPlan::NonBlocking;
         }
         match self.timers.peek() {
             None => PollPlan::Block(None),
             Some((when, _)) if when <= now => PollPlan::NonBlocking,
-            Some((when, _)) => PollPlan::Block(Some(Duration::from_secs_f64(
-                (when - now).min(MAX_POLL_SECONDS),
-            ))),
+            Some((when, _)) => PollPlan::Block(Some(Duration::from_secs_f64((when - now).min(MAX_POLL_SECONDS)))),
         }
     }
 
@@ -129,9 +121,6 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         let mut s = slf.borrow_mut();
         let purged = s.purge_cancelled_timers(py);
         let plan = s.plan_poll(now);
-        if !matches!(plan, PollPlan::Skip) {
-            s.last_poll = now;
-        }
         let poller = s.poller.clone().ok_or_else(super::closed_error)?;
         (
             plan,
@@ -145,7 +134,6 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
 
     readiness.clear();
     let poll_result = match plan {
-        PollPlan::Skip => Ok(()),
         PollPlan::NonBlocking => poller.wait(&mut epoll_buf, &mut readiness, Some(Duration::ZERO)),
         PollPlan::Block(timeout) => {
             let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
@@ -188,23 +176,18 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     run_batch(slf, batch, debug)
 }
 
-fn run_batch(
-    slf: &Bound<'_, LoopBase>,
-    mut batch: VecDeque<Py<Handle>>,
-    debug: bool,
-) -> PyResult<()> {
+fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: bool) -> PyResult<()> {
     let py = slf.py();
     while let Some(handle) = batch.pop_front() {
-        let Some(invocation) = handle.borrow(py).invocation(py) else {
+        let Some(invocation) = handle.borrow_mut(py).take_invocation(py) else {
             continue;
         };
         let started = debug.then(clock::monotonic);
-        let outcome = invoke(py, &invocation);
-        drop(invocation);
-        let outcome = match outcome {
-            Err(err) if !is_fatal(py, &err) => report_callback_error(slf, &handle, err),
+        let outcome = match invoke(py, &invocation) {
+            Err(err) if !is_fatal(py, &err) => report_callback_error(slf, &handle, &invocation, err),
             other => other,
         };
+        drop(invocation);
         if let Err(err) = outcome {
             // KeyboardInterrupt/SystemExit leave the loop; what was not run stays queued first.
             let mut s = slf.borrow_mut();
@@ -233,30 +216,15 @@ fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
 fn report_callback_error(
     slf: &Bound<'_, LoopBase>,
     handle: &Py<Handle>,
+    invocation: &Invocation,
     err: PyErr,
 ) -> PyResult<()> {
     let py = slf.py();
-    let format = py
-        .import(intern!(py, "asyncio.format_helpers"))?
-        .getattr(intern!(py, "_format_callback_source"))?;
-    let (callback, args, traceback) = {
-        let h = handle.bind(py);
-        (
-            h.getattr(intern!(py, "_callback"))?,
-            h.getattr(intern!(py, "_args"))?,
-            h.borrow().source_traceback(py),
-        )
-    };
-    let description = if callback.is_none() {
-        handle.bind(py).repr()?.into_any()
-    } else {
-        format.call1((callback, args))?
-    };
+    let format = py.import(intern!(py, "asyncio.format_helpers"))?.getattr(intern!(py, "_format_callback_source"))?;
+    let traceback = handle.borrow(py).source_traceback(py);
+    let description = format.call1((invocation.callback.clone_ref(py), invocation.args.clone_ref(py)))?;
     let context = PyDict::new(py);
-    context.set_item(
-        intern!(py, "message"),
-        format!("Exception in callback {description}"),
-    )?;
+    context.set_item(intern!(py, "message"), format!("Exception in callback {description}"))?;
     context.set_item(intern!(py, "exception"), err.into_value(py))?;
     context.set_item(intern!(py, "handle"), handle)?;
     if let Some(tb) = traceback {

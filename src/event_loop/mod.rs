@@ -41,8 +41,6 @@ pub struct LoopBase {
     poller: Option<Arc<Poller>>,
     epoll_buf: Vec<libc::epoll_event>,
     readiness: Vec<crate::poller::Readiness>,
-    /// Clock reading at the last look at I/O (see `core::BUSY_POLL_INTERVAL`).
-    last_poll: f64,
     stopping: bool,
     running: bool,
     closed: bool,
@@ -89,9 +87,7 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             .map_err(|_| invalid())?
     };
     if fd < 0 {
-        return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {fd}"
-        )));
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
 }
@@ -164,10 +160,7 @@ impl LoopBase {
             s.debug
         };
         check_callback(&callback, method, debug)?;
-        let handle = Py::new(
-            py,
-            Handle::new(py, callback.unbind(), args.unbind(), context, debug)?,
-        )?;
+        let handle = Py::new(py, Handle::new(py, callback.unbind(), args.unbind(), context, debug)?)?;
         let mut s = slf.borrow_mut();
         s.ready.push_back(handle.clone_ref(py));
         if threadsafe && s.running && s.thread_id != current_thread() {
@@ -192,10 +185,7 @@ impl LoopBase {
             s.check_closed()?;
             s.debug
         };
-        let handle = Py::new(
-            py,
-            Handle::new(py, callback.unbind(), args.unbind(), None, debug)?,
-        )?;
+        let handle = Py::new(py, Handle::new(py, callback.unbind(), args.unbind(), None, debug)?)?;
         let replaced = {
             let mut s = slf.borrow_mut();
             let poller = s.poller.clone().ok_or_else(closed_error)?;
@@ -247,7 +237,6 @@ impl LoopBase {
             poller: Some(Arc::new(poller)),
             epoll_buf: Vec::with_capacity(256),
             readiness: Vec::with_capacity(256),
-            last_poll: 0.0,
             stopping: false,
             running: false,
             closed: false,
@@ -410,9 +399,7 @@ impl LoopBase {
         let factory = factory.filter(|f| !f.is_none());
         if let Some(f) = &factory {
             if !f.is_callable() {
-                return Err(PyTypeError::new_err(
-                    "task factory must be a callable or None",
-                ));
+                return Err(PyTypeError::new_err("task factory must be a callable or None"));
             }
         }
         self.task_factory = factory.map(Bound::unbind);
@@ -432,9 +419,7 @@ impl LoopBase {
             return Ok(());
         }
         let poller = Arc::new(Poller::new().map_err(|e| os_error(&e))?);
-        self.watches
-            .register_all(&poller)
-            .map_err(|e| os_error(&e))?;
+        self.watches.register_all(&poller).map_err(|e| os_error(&e))?;
         self.poller = Some(poller);
         Ok(())
     }
@@ -453,9 +438,7 @@ impl LoopBase {
             let mut s = slf.borrow_mut();
             s.check_closed()?;
             if s.running {
-                return Err(PyRuntimeError::new_err(
-                    "This event loop is already running",
-                ));
+                return Err(PyRuntimeError::new_err("This event loop is already running"));
             }
             s.running = true;
             s.thread_id = current_thread();
@@ -519,7 +502,7 @@ impl LoopBase {
             dropped.extend(s.watches.drain());
             dropped
         };
-        drop(dropped);
+        release_all(slf.py(), dropped);
         Ok(())
     }
 
@@ -552,24 +535,28 @@ impl LoopBase {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for h in self
-            .ready
-            .iter()
-            .chain(self.spare.iter())
-            .chain(self.timers.iter())
-        {
+        for h in self.ready.iter().chain(self.spare.iter()).chain(self.timers.iter()) {
             visit.call(h)?;
         }
         visit.call(&self.task_factory)?;
         self.watches.traverse(&visit)
     }
 
-    fn __clear__(&mut self) {
-        self.ready.clear();
-        self.spare.clear();
-        self.timers.drain().for_each(drop);
-        self.watches.drain();
+    fn __clear__(&mut self, py: Python<'_>) {
+        let mut dropped: Vec<Py<Handle>> = self.ready.drain(..).chain(self.spare.drain(..)).collect();
+        dropped.extend(self.timers.drain());
+        dropped.extend(self.watches.drain());
         self.task_factory = None;
+        release_all(py, dropped);
+    }
+}
+
+/// Releases what dropped handles hold, so a loop-owned (GC-untracked) handle kept alive by
+/// someone else cannot keep a reference cycle alive.
+fn release_all(py: Python<'_>, handles: Vec<Py<Handle>>) {
+    for handle in handles {
+        let released = handle.bind(py).try_borrow_mut().map(|mut h| h.release());
+        drop(released);
     }
 }
 
@@ -591,8 +578,7 @@ impl LoopBase {
             (s.debug, s.timer_cancels.clone())
         };
         check_callback(&callback, "call_at", debug)?;
-        let base = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?
-            .into_timer(when, cancels);
+        let base = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_timer(when, cancels);
         let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
         slf.borrow_mut().timers.push(when, as_handle);

@@ -24,14 +24,9 @@ static TASK_KWNAMES: [PyOnceLock<Py<PyTuple>>; 4] = [
 ];
 static LOOP_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
-fn kwnames<'a>(
-    py: Python<'_>,
-    cell: &'a PyOnceLock<Py<PyTuple>>,
-    names: &[&str],
-) -> PyResult<&'a Py<PyTuple>> {
+fn kwnames<'a>(py: Python<'_>, cell: &'a PyOnceLock<Py<PyTuple>>, names: &[&str]) -> PyResult<&'a Py<PyTuple>> {
     cell.get_or_try_init(py, || {
-        let names: Vec<Bound<'_, PyString>> =
-            names.iter().map(|n| PyString::intern(py, n)).collect();
+        let names: Vec<Bound<'_, PyString>> = names.iter().map(|n| PyString::intern(py, n)).collect();
         Ok(PyTuple::new(py, names)?.unbind())
     })
 }
@@ -47,8 +42,7 @@ fn vectorcall<'py>(
     // SAFETY: every pointer in `args` is a live reference borrowed from the caller for the
     // duration of the call; `names` holds exactly `args.len() - positional` interned strings.
     unsafe {
-        let result =
-            ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), positional, names.as_ptr());
+        let result = ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), positional, names.as_ptr());
         Bound::from_owned_ptr_or_err(py, result)
     }
 }

@@ -22,7 +22,8 @@ How the loop under test is bound (see README.md for details):
 Each module runs in its own subprocess with a time budget. The child runs the module with
 unittest, streams one JSON line per finished test to a file, and the parent aggregates:
 a crash is attributed to the test that was running and the module is resumed after it;
-a module that exceeds its budget counts every test that did not finish as hung.
+a module that exceeds its budget (or makes no progress for --stall-timeout seconds)
+counts every test that did not finish as hung.
 
 Test ids are ``<module>.<Class>.<test>`` (without the ``test.test_asyncio.`` prefix).
 ``exclusions.txt`` lists tests that are not run (CPython white-box tests, deferred
@@ -389,13 +390,29 @@ def fixture_id(description: str) -> str:
     return f"{short_id(match.group(2))} [{match.group(1)}]"
 
 
+class Watchdog:
+    """Dumps all thread stacks into the child's log shortly before the parent would kill it."""
+
+    MARGIN = 2.0
+
+    def __init__(self, budget: float, stall: float) -> None:
+        self._deadline = time.monotonic() + budget
+        self._stall = stall
+
+    def arm(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        limit = min(remaining, self._stall) if self._stall > 0 else remaining
+        faulthandler.dump_traceback_later(max(limit - self.MARGIN, 0.5), exit=False)
+
+
 class RecordingResult(unittest.TestResult):
     """Aggregates outcomes per test id (subtests fold into their test) and streams JSON lines."""
 
-    def __init__(self, out, make_loop: LoopFactory) -> None:
+    def __init__(self, out, make_loop: LoopFactory, watchdog: Watchdog) -> None:
         super().__init__()
         self._out = out
         self._make_loop = make_loop
+        self._watchdog = watchdog
         self._current: dict[str, Any] | None = None
         self._loops_before = 0
 
@@ -421,13 +438,15 @@ class RecordingResult(unittest.TestResult):
         super().startTest(test)
         self._current = {"id": short_id(test.id()), "outcome": PASSED, "detail": ""}
         self._loops_before = self._make_loop.created
+        self._watchdog.arm()
         self.emit(event="start", id=self._current["id"])
 
     def stopTest(self, test) -> None:
         super().stopTest(test)
         if self._current is not None:
             total = self._make_loop.created
-            self.emit(event="result", loops=total - self._loops_before, total=total, **self._current)
+            loops, loop_type = total - self._loops_before, self._make_loop.loop_type
+            self.emit(event="result", loops=loops, total=total, loop_type=loop_type, **self._current)
         self._current = None
 
     def addError(self, test, err) -> None:
@@ -464,12 +483,12 @@ def child_main(config_path: str) -> int:
             out.write(json.dumps(record) + "\n")
             out.flush()
 
+        watchdog = Watchdog(config["budget"], config["stall"])
+        watchdog.arm()
         try:
             make_loop = LoopFactory(resolve_object(config["loop"]))
             install_policy(make_loop)
             patch_harness()
-            # If the parent has to kill us for a hang, leave the hung stacks in the log first.
-            faulthandler.dump_traceback_later(max(1.0, config["budget"] - 3), exit=False)
             module = importlib.import_module(f"{PACKAGE}.{config['module']}")
             bind_module(module, make_loop)
             suite = unittest.defaultTestLoader.loadTestsFromModule(module)
@@ -493,10 +512,11 @@ def child_main(config_path: str) -> int:
                 selected.addTest(test)
         emit(event="collected", tests=collected, excluded=excluded)
 
-        recorder = RecordingResult(out, make_loop)
+        recorder = RecordingResult(out, make_loop, watchdog)
         with warnings.catch_warnings():
             warnings.simplefilter("default")  # what unittest.main() does without -W
             selected.run(recorder)
+        faulthandler.cancel_dump_traceback_later()
         emit(event="done", total=make_loop.created, loop_type=make_loop.loop_type)
     return 0
 
@@ -552,6 +572,7 @@ class ModuleReport:
 class Options:
     loop: str
     timeout: float
+    stall: float
     exclusions: list[Rule]
     known: list[Rule]
     env: dict[str, str]
@@ -587,6 +608,25 @@ def _tail_file(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").rstrip().splitlines()[-lines:])
 
 
+def _wait_for_child(proc: subprocess.Popen, results: Path, budget: float, stall: float) -> tuple[int | None, str]:
+    """Wait for the child; return (exit status, '') or (None, why it was declared hung)."""
+    deadline = time.monotonic() + max(budget, 1.0)
+    last_size, last_progress = -1, time.monotonic()
+    while True:
+        try:
+            return proc.wait(timeout=0.25), ""
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        size = results.stat().st_size if results.exists() else 0
+        if size != last_size:
+            last_size, last_progress = size, now
+        if now >= deadline:
+            return None, "module exceeded its time budget (--timeout)"
+        if stall > 0 and now - last_progress >= stall:
+            return None, f"no progress for {stall:g}s"
+
+
 def run_module(module: str, opts: Options) -> ModuleReport:
     """Run one module in child processes (restarting after crashes) within its time budget."""
     report = ModuleReport(module)
@@ -604,6 +644,7 @@ def run_module(module: str, opts: Options) -> ModuleReport:
                 "loop": opts.loop,
                 "results": str(results),
                 "budget": budget,
+                "stall": opts.stall,
                 "skip": sorted(done),
                 "exclusions": [vars(rule) for rule in opts.exclusions],
             }
@@ -614,11 +655,7 @@ def run_module(module: str, opts: Options) -> ModuleReport:
                 proc = subprocess.Popen(
                     cmd, cwd=workdir, env=opts.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
                 )
-                try:
-                    returncode = proc.wait(timeout=max(budget, 1.0))
-                    timed_out = False
-                except subprocess.TimeoutExpired:
-                    timed_out, returncode = True, None
+                returncode, timed_out = _wait_for_child(proc, results, budget, opts.stall)
                 _kill_group(proc)
 
             running = None
@@ -636,22 +673,26 @@ def run_module(module: str, opts: Options) -> ModuleReport:
                     running = None
                 elif kind == "done":
                     finished = True
-                    report.loop_type = report.loop_type or event["loop_type"]
                 elif kind == "module_skipped":
                     report.status, report.note = "skipped", event["reason"]
                 elif kind == "load_error":
                     report.status, report.note = "load-error", event["detail"]
+                report.loop_type = report.loop_type or event.get("loop_type", "")
             report.loops += attempt_loops
 
             if finished or report.status in ("skipped", "load-error"):
                 break
-            report.log_tail = _tail_file(log)
+            log_tail = _tail_file(log)
+            if running is None:
+                report.log_tail = log_tail  # nothing to attach it to: show it with the module
             if timed_out:
                 report.status = "hung"
-                report.note = f"module exceeded {opts.timeout:g}s" + (f" while running {running}" if running else "")
+                report.note = timed_out + (f" while running {running}" if running else "")
                 for test_id in collected:
                     if test_id not in done and test_id not in excluded:
-                        done[test_id] = TestRecord(HUNG, f"{report.note}\n{report.log_tail}")
+                        done[test_id] = TestRecord(HUNG, f"not run: {report.note}")
+                if running is not None:
+                    done[running] = TestRecord(HUNG, f"{report.note}\n{log_tail}")
                 break
             # The child died (segfault, abort, os._exit...): blame the running test and resume after it.
             report.status = "crashed"
@@ -659,7 +700,7 @@ def run_module(module: str, opts: Options) -> ModuleReport:
             report.note = f"{report.note}; {why}" if report.note else why
             if running is None or not collected:
                 break  # no test to blame: resuming would crash the same way
-            done[running] = TestRecord(ERROR, f"crashed: {why}\n{report.log_tail}")
+            done[running] = TestRecord(ERROR, f"crashed: {why}\n{log_tail}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if report.status == "load-error":
@@ -766,10 +807,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", default=DEFAULT_LOOP, help="loop factory as module:attr (default: %(default)s)")
     parser.add_argument(
         "--modules",
-        default="default",
-        help="comma-separated test_asyncio modules and/or groups (default: the 'default' group)",
+        default="all",
+        help="comma-separated test_asyncio modules and/or groups (default: every module, the 'all' group)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="time budget per module in seconds (default: 300)")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="declare a module hung when no test finishes for this long (0: off; default: 120)",
+    )
     parser.add_argument("-j", "--jobs", type=int, default=2, help="modules run in parallel (default: 2)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing tests")
     parser.add_argument("--json", metavar="PATH", help="write full per-test results to PATH")
@@ -798,7 +846,9 @@ def main(argv: list[str] | None = None) -> int:
     modules = parse_modules(args.modules)
     run_excluded = {c.strip() for c in args.run_excluded.split(",") if c.strip()}
     exclusions = [r for r in load_rules(Path(args.exclusions)) if r.category not in run_excluded]
-    opts = Options(args.loop, args.timeout, exclusions, load_rules(Path(args.known_failures)), _child_env())
+    opts = Options(
+        args.loop, args.timeout, args.stall_timeout, exclusions, load_rules(Path(args.known_failures)), _child_env()
+    )
 
     started = time.monotonic()
     print(f"loop factory: {args.loop}; {len(modules)} modules, {max(args.jobs, 1)} jobs", file=sys.stderr, flush=True)
