@@ -3,13 +3,13 @@ PYTHON ?= python3
 SEED ?= ../shared/seed
 PIP := $(PYTHON) -m pip install --disable-pip-version-check -q
 
-.PHONY: help deps build run bench test test-rust test-python test-debug test-seed conformance lint format clean
+.PHONY: help deps build run bench test test-rust test-python conformance stubtest lint format clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-deps:  ## install build and test dependencies (maturin, pytest, aiohttp, uvloop, ruff)
-	$(PIP) "maturin>=1.5,<2" "pytest>=7" "pytest-timeout>=2" "aiohttp>=3.9" "uvloop>=0.19" "ruff>=0.5"
+deps:  ## install build and test dependencies (maturin, pytest, aiohttp, uvloop, ruff, mypy)
+	$(PIP) "maturin>=1.5,<2" "pytest>=7" "pytest-timeout>=2" "aiohttp>=3.9" "uvloop>=0.19" "ruff>=0.5" "mypy>=1.8"
 
 build:  ## build the release wheel and install it
 	rm -rf dist
@@ -23,14 +23,21 @@ run: deps build  ## build, run the seed patterns on ferroloop, print the micro-b
 bench: build  ## micro-benchmarks: ferroloop vs asyncio vs uvloop
 	$(PYTHON) bench/micro.py
 
-test: deps build test-rust test-python  ## build and run every test (Rust, pytest incl. seed and conformance)
+test: deps lint build stubtest test-rust test-python  ## lint, build, and run every test (Rust, pytest incl. seed and conformance)
 
 test-rust:  ## Rust unit tests
 	cargo test --quiet
 
-test-python:  ## pytest: behaviour tests on both loops, examples, seed, conformance, and a debug-mode pass
-	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q -p no:cacheprovider -m "not slow" tests --ignore=tests/conformance
-	$(PYTHON) -m pytest -p no:cacheprovider tests
+test-python:  ## pytest: a debug-mode pass of the behaviour tests, then everything (examples, seed, conformance)
+	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests \
+		--ignore=tests/test_conformance.py --ignore=tests/test_seed.py
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+conformance:  ## CPython's test_asyncio on ferroloop, with per-module counts (also part of `make test`)
+	$(PYTHON) tests/conformance/run.py
+
+stubtest:  ## check the hand-written .pyi stubs against the built native module
+	$(PYTHON) -m mypy.stubtest ferroloop._ferroloop
 
 lint:  ## cargo fmt/clippy, ruff
 	cargo fmt --check

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[pyclass(subclass, freelist = 1024, module = "ferroloop._ferroloop")]
+#[allow(clippy::struct_excessive_bools)] // independent flags, each mirroring one of asyncio's
 pub struct Handle {
     callback: Option<Py<PyAny>>,
     args: Option<Py<PyTuple>>,
@@ -124,8 +125,12 @@ impl Handle {
     }
 
     /// Releases the references of a handle the loop will never run (closed loop).
-    pub fn release(&mut self) -> (Option<Py<PyAny>>, Option<Py<PyTuple>>, Option<Py<PyAny>>) {
-        (self.callback.take(), self.args.take(), self.context.take())
+    pub fn release(&mut self) -> Vec<Py<PyAny>> {
+        let args = self.args.take().map(Py::into_any);
+        [self.callback.take(), args, self.context.take()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Reports the references of a loop-owned (untracked) handle on the loop's behalf.

@@ -33,7 +33,7 @@ const MIN_HEAP_FOR_REBUILD: usize = 100;
 
 /// How a turn polls. Every turn looks at I/O, as asyncio's does: skipping the look while
 /// callbacks are ready was measured (docs/perf-log.md) and changes how I/O interleaves with
-/// callbacks, which programs and CPython's tests observe.
+/// callbacks, which programs and `CPython`'s tests observe.
 enum PollPlan {
     /// Look at I/O without waiting; the GIL is kept, as the call cannot block.
     NonBlocking,
@@ -220,7 +220,9 @@ fn report_callback_error(
     err: PyErr,
 ) -> PyResult<()> {
     let py = slf.py();
-    let format = py.import(intern!(py, "asyncio.format_helpers"))?.getattr(intern!(py, "_format_callback_source"))?;
+    let format = py
+        .import(intern!(py, "asyncio.format_helpers"))?
+        .getattr(intern!(py, "_format_callback_source"))?;
     let traceback = handle.borrow(py).source_traceback(py);
     let description = format.call1((invocation.callback.clone_ref(py), invocation.args.clone_ref(py)))?;
     let context = PyDict::new(py);
