@@ -42,12 +42,12 @@ stubtest:  ## check the hand-written .pyi stubs against the built native module
 lint:  ## cargo fmt/clippy, ruff
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m ruff check python tests examples bench
+	$(PYTHON) -m ruff format --check python tests examples bench
 
 format:  ## apply cargo fmt and ruff format
 	cargo fmt
-	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff format python tests examples bench
 
 clean:  ## remove build outputs
 	rm -rf dist target
