@@ -282,7 +282,7 @@ pub fn invoke(py: Python<'_>, inv: &Invocation) -> PyResult<()> {
 #[pymethods]
 impl Handle {
     #[new]
-    #[pyo3(signature = (callback, args, r#loop=None, context=None))]
+    #[pyo3(signature = (callback, args, r#loop=None, context=None), text_signature = "(callback, args, loop=None, context=None)")]
     fn py_new(
         py: Python<'_>,
         callback: Py<PyAny>,

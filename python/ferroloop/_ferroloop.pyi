@@ -2,20 +2,24 @@
 
 from collections.abc import Callable
 from contextvars import Context
-from typing import Any
+from typing import Any, final
 
+from typing_extensions import disjoint_base
+
+__all__ = ["Handle", "LoopBase", "TimerHandle", "__version__"]
 __version__: str
 
+@disjoint_base
 class Handle:
     """A callback scheduled by call_soon()/call_soon_threadsafe(), or an fd watcher."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         callback: Callable[..., object],
         args: tuple[Any, ...] | None,
         loop: object = None,
         context: Context | None = None,
-    ) -> None: ...
+    ) -> Handle: ...
     def cancel(self) -> None:
         """Cancel the callback; a cancelled handle never runs."""
     def cancelled(self) -> bool:
@@ -31,25 +35,28 @@ class Handle:
     @property
     def _source_traceback(self) -> list[Any] | None: ...
 
+@final
 class TimerHandle(Handle):
-    """A callback scheduled by call_later()/call_at()."""
+    """A callback scheduled by call_later()/call_at(); created by the loop only."""
 
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> TimerHandle: ...
     def when(self) -> float:
         """The scheduled time, on the loop's clock (loop.time())."""
     @property
     def _when(self) -> float: ...
     @property
     def _scheduled(self) -> bool: ...
-    def __lt__(self, other: TimerHandle) -> bool: ...
-    def __le__(self, other: TimerHandle) -> bool: ...
-    def __gt__(self, other: TimerHandle) -> bool: ...
-    def __ge__(self, other: TimerHandle) -> bool: ...
+    def __lt__(self, other: TimerHandle, /) -> bool: ...
+    def __le__(self, other: TimerHandle, /) -> bool: ...
+    def __gt__(self, other: TimerHandle, /) -> bool: ...
+    def __ge__(self, other: TimerHandle, /) -> bool: ...
 
+@disjoint_base
 class LoopBase:
     """The native engine: ready queue, timers, fd watchers and the poll."""
 
     slow_callback_duration: float
-    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> LoopBase: ...
     def time(self) -> float:
         """The loop's clock: time.monotonic()."""
     def call_soon(self, callback: Callable[..., object], *args: Any, context: Context | None = None) -> Handle: ...
