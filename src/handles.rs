@@ -92,10 +92,15 @@ impl Handle {
         self.owned_by_loop = !self.debug;
         let owned = self.owned_by_loop;
         let handle = Py::new(py, self)?;
-        if owned {
-            // SAFETY: a live object of a GC type; untracking only removes it from the GC's lists.
-            unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) };
-        }
+        set_gc_tracked(handle.bind(py).as_any(), !owned);
+        Ok(handle)
+    }
+
+    /// Wraps a handle the loop runs many times (fd watchers, signal handlers) into a Python
+    /// object tracked by the GC: it keeps its callback until cancelled.
+    pub fn into_persistent(self, py: Python<'_>) -> PyResult<Py<Handle>> {
+        let handle = Py::new(py, self)?;
+        set_gc_tracked(handle.bind(py).as_any(), true);
         Ok(handle)
     }
 
@@ -235,6 +240,22 @@ impl Handle {
             }
         }
         Ok(format!("<{}>", info.join(" ")))
+    }
+}
+
+/// Puts `obj` (of a GC type) in or out of the GC's lists. Objects recycled through the `Handle`
+/// freelist come back untracked whatever they were, so every creation site says what it wants.
+pub fn set_gc_tracked(obj: &Bound<'_, PyAny>, tracked: bool) {
+    let ptr = obj.as_ptr();
+    // SAFETY: `obj` is a live object of a GC type (Handle or a subclass); tracking state is only
+    // changed when it differs, as the C API requires.
+    unsafe {
+        let is_tracked = ffi::PyObject_GC_IsTracked(ptr) != 0;
+        if tracked && !is_tracked {
+            ffi::PyObject_GC_Track(ptr.cast());
+        } else if !tracked && is_tracked {
+            ffi::PyObject_GC_UnTrack(ptr.cast());
+        }
     }
 }
 

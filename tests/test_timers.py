@@ -399,3 +399,39 @@ def test_timer_fires_promptly_when_loop_idle(loop):
     loop.call_later(0.05, fired.set_result, None)
     loop.run_until_complete(fired)
     assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["normal", "debug"])
+@pytest.mark.parametrize("how", ["fired", "cancelled", "loop_closed"])
+def test_object_holding_its_own_timer_handle_is_collected(factory, how, debug):
+    """A handle whose callback is a bound method of the object that stores the handle forms a
+    reference cycle; once the timer fired, was cancelled, or its loop closed, it must be freed."""
+    import gc
+    import weakref
+
+    loop = factory()
+    loop.set_debug(debug)
+
+    class Owner:
+        def __init__(self) -> None:
+            self.fired = False
+            self.handle = loop.call_later(0 if how == "fired" else 60, self.tick)
+            self.soon = loop.call_soon(self.tick)
+
+        def tick(self) -> None:
+            self.fired = True
+
+    owner = Owner()
+    ref = weakref.ref(owner)
+    if how == "fired":
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert owner.fired
+    elif how == "cancelled":
+        owner.handle.cancel()
+        owner.soon.cancel()
+    del owner
+    if how == "loop_closed":
+        loop.close()
+    gc.collect()
+    assert ref() is None
+    loop.close()

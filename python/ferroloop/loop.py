@@ -461,7 +461,7 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
             signal.set_wakeup_fd(self._signal_wakeup_fd(), warn_on_full_buffer=False)
         except (ValueError, OSError) as exc:
             raise RuntimeError(str(exc)) from None
-        self._signal_handlers[sig] = _ferroloop.Handle(callback, args, self, None)
+        self._signal_handlers[sig] = self._persistent_handle(callback, *args)
         try:
             signal.signal(sig, _noop_signal_handler)
             signal.siginterrupt(sig, False)

@@ -160,7 +160,7 @@ impl LoopBase {
             s.debug
         };
         check_callback(&callback, method, debug)?;
-        let handle = Py::new(py, Handle::new(py, callback.unbind(), args.unbind(), context, debug)?)?;
+        let handle = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_loop_owned(py)?;
         let mut s = slf.borrow_mut();
         s.ready.push_back(handle.clone_ref(py));
         if threadsafe && s.running && s.thread_id != current_thread() {
@@ -185,7 +185,7 @@ impl LoopBase {
             s.check_closed()?;
             s.debug
         };
-        let handle = Py::new(py, Handle::new(py, callback.unbind(), args.unbind(), None, debug)?)?;
+        let handle = Handle::new(py, callback.unbind(), args.unbind(), None, debug)?.into_persistent(py)?;
         let replaced = {
             let mut s = slf.borrow_mut();
             let poller = s.poller.clone().ok_or_else(closed_error)?;
@@ -422,6 +422,19 @@ impl LoopBase {
         self.watches.register_all(&poller).map_err(|e| os_error(&e))?;
         self.poller = Some(poller);
         Ok(())
+    }
+
+    /// A handle for a callback the loop will run many times (a signal handler): tracked by the
+    /// GC, keeping its callback until cancelled. Queue it with `_call_handle`.
+    #[pyo3(signature = (callback, *args))]
+    fn _persistent_handle(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let debug = slf.borrow().debug;
+        Handle::new(py, callback.unbind(), args.unbind(), None, debug)?.into_persistent(py)
     }
 
     /// Queue an existing handle (a signal handler's) to run on the next turn.
