@@ -634,3 +634,47 @@ def test_fd_can_be_rewatched_after_remove(loop, channel):
         loop.add_reader(channel.rfd, on_readable)
         channel.send(f"round {round_}".encode())
         assert run(loop, done) == f"round {round_}".encode()
+
+
+def test_each_run_looks_at_io_on_its_first_turn(loop):
+    """A one-turn run_until_complete() still dispatches I/O that arrived since the last run."""
+    rsock, wsock = socket.socketpair()
+    got = []
+    loop.add_reader(rsock, lambda: got.append(rsock.recv(10)))
+    try:
+        loop.run_until_complete(asyncio.sleep(0))
+        wsock.send(b"x")
+        done = loop.create_future()
+        done.set_result(None)
+        loop.run_until_complete(done)
+        assert got == [b"x"]
+    finally:
+        loop.remove_reader(rsock)
+        rsock.close()
+        wsock.close()
+
+
+def test_io_is_seen_while_callbacks_keep_the_loop_busy(loop):
+    """A callback chain that never lets the ready queue empty must not starve readers."""
+    rsock, wsock = socket.socketpair()
+    turns = 0
+    got = []
+
+    def spin():
+        nonlocal turns
+        turns += 1
+        if got or turns > 2_000_000:
+            loop.stop()
+        else:
+            loop.call_soon(spin)
+
+    loop.add_reader(rsock, lambda: got.append(rsock.recv(10)))
+    try:
+        loop.call_soon(spin)
+        loop.call_soon(wsock.send, b"y")
+        loop.run_forever()
+        assert got == [b"y"]
+    finally:
+        loop.remove_reader(rsock)
+        rsock.close()
+        wsock.close()

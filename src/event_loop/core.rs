@@ -31,10 +31,17 @@ const MAX_POLL_SECONDS: f64 = 24.0 * 3600.0;
 /// Rebuild the heap only past this size, when more than half of it is cancelled (as asyncio).
 const MIN_HEAP_FOR_REBUILD: usize = 100;
 
-/// How a turn polls. Every turn looks at I/O, as asyncio's does: skipping the look while
-/// callbacks are ready was measured (docs/perf-log.md) and changes how I/O interleaves with
-/// callbacks, which programs and `CPython`'s tests observe.
+/// While callbacks are ready and the last look at I/O found nothing, the next look may wait this
+/// long (seconds). A turn of a few short callbacks otherwise spends most of its time in a
+/// zero-timeout `epoll_wait` that finds nothing. Once I/O is flowing (the last look found events)
+/// every turn looks, as asyncio's does, so I/O keeps interleaving with callbacks the way programs
+/// and `CPython`'s tests expect (docs/perf-log.md has the measurements and the failed variant).
+const QUIET_POLL_INTERVAL: f64 = 100e-6;
+
+/// How a turn polls.
 enum PollPlan {
+    /// Callbacks are ready, I/O was quiet at the last look, and that look was very recent.
+    Skip,
     /// Look at I/O without waiting; the GIL is kept, as the call cannot block.
     NonBlocking,
     /// Wait for I/O with the GIL released, at most this long (`None`: until something happens).
@@ -75,6 +82,9 @@ impl LoopBase {
             return PollPlan::NonBlocking;
         }
         if !self.ready.is_empty() {
+            if self.io_quiet && now - self.last_poll < QUIET_POLL_INTERVAL {
+                return PollPlan::Skip;
+            }
             return PollPlan::NonBlocking;
         }
         match self.timers.peek() {
@@ -121,6 +131,9 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         let mut s = slf.borrow_mut();
         let purged = s.purge_cancelled_timers(py);
         let plan = s.plan_poll(now);
+        if !matches!(plan, PollPlan::Skip) {
+            s.last_poll = now;
+        }
         let poller = s.poller.clone().ok_or_else(super::closed_error)?;
         (
             plan,
@@ -134,6 +147,7 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
 
     readiness.clear();
     let poll_result = match plan {
+        PollPlan::Skip => Ok(()),
         PollPlan::NonBlocking => poller.wait(&mut epoll_buf, &mut readiness, Some(Duration::ZERO)),
         PollPlan::Block(timeout) => {
             let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
@@ -141,7 +155,13 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
             waited
         }
     };
-    slf.borrow_mut().epoll_buf = epoll_buf;
+    {
+        let mut s = slf.borrow_mut();
+        s.epoll_buf = epoll_buf;
+        if !matches!(plan, PollPlan::Skip) {
+            s.io_quiet = readiness.is_empty();
+        }
+    }
     match poll_result {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::Interrupted => py.check_signals()?,

@@ -41,6 +41,9 @@ pub struct LoopBase {
     poller: Option<Arc<Poller>>,
     epoll_buf: Vec<libc::epoll_event>,
     readiness: Vec<crate::poller::Readiness>,
+    /// Clock reading and outcome of the last look at I/O (see `core::QUIET_POLL_INTERVAL`).
+    last_poll: f64,
+    io_quiet: bool,
     stopping: bool,
     running: bool,
     closed: bool,
@@ -237,6 +240,8 @@ impl LoopBase {
             poller: Some(Arc::new(poller)),
             epoll_buf: Vec::with_capacity(256),
             readiness: Vec::with_capacity(256),
+            last_poll: 0.0,
+            io_quiet: false,
             stopping: false,
             running: false,
             closed: false,
@@ -455,6 +460,9 @@ impl LoopBase {
             }
             s.running = true;
             s.thread_id = current_thread();
+            // Every run looks at I/O on its first turn, like asyncio: a short run_until_complete()
+            // must see what arrived since the previous run.
+            s.io_quiet = false;
         }
         let result = loop {
             if let Err(err) = core::run_once(slf) {
