@@ -34,12 +34,13 @@ pub struct Handle {
     /// The loop's count of cancelled timers still in its heap; `None` for plain handles.
     timer_cancels: Option<Arc<AtomicUsize>>,
     debug: bool,
-    /// A one-shot handle of the loop's (`call_soon`, `call_later`, ...) outside debug mode. The
-    /// loop releases its callback, arguments and context once it has run, been cancelled or the
-    /// loop closed, so the handle cannot be part of a reference cycle after that; before that the
-    /// loop reports those references as its own to the GC. Such handles are therefore not tracked
-    /// by the GC themselves, which keeps young-generation collections from walking every queued
-    /// callback. Debug-mode handles keep everything for diagnostics and stay tracked.
+    /// A one-shot handle of the loop's (`call_soon`, `call_later`, ...) outside debug mode, while
+    /// it sits in the loop's queue or heap. Such a handle is not tracked by the GC: the loop
+    /// reports the handle's references as its own (`visit_owned`), so young-generation
+    /// collections do not walk every queued callback. When the loop lets go of the handle
+    /// (`LoopBase::let_go`), a handle that someone else still holds becomes an ordinary tracked
+    /// object again. Invariant: `owned_by_loop` exactly when untracked. Debug-mode handles keep
+    /// everything for diagnostics and are always tracked.
     owned_by_loop: bool,
     source_traceback: Option<Py<PyAny>>,
     /// The repr frozen at cancellation in debug mode, as asyncio does.
@@ -104,7 +105,7 @@ impl Handle {
         Ok(handle)
     }
 
-    /// Marks a timer built with `into_timer` as owned by the loop, for `Bound::new` callers.
+    /// Marks a timer built with `into_timer` as owned by the loop (outside debug mode).
     pub fn set_loop_owned(&mut self) {
         self.owned_by_loop = !self.debug;
     }
@@ -113,8 +114,9 @@ impl Handle {
         self.owned_by_loop
     }
 
-    /// Moves the callback out of a loop-owned handle that is about to run for the only time;
-    /// other handles (reused fd watchers, debug mode) keep theirs and hand out new references.
+    /// The callback to run. A loop-owned handle, about to run for the only time, hands over its
+    /// callback and arguments without reference-count traffic (`restore` gives them back if the
+    /// handle outlives the run); other handles keep theirs and hand out new references.
     pub fn take_invocation(&mut self, py: Python<'_>) -> Option<Invocation> {
         if !self.owned_by_loop {
             return self.invocation(py);
@@ -125,17 +127,25 @@ impl Handle {
         Some(Invocation {
             callback: self.callback.take()?,
             args: self.args.take()?,
-            context: self.context.take(),
+            context: self.context.as_ref().map(|c| c.clone_ref(py)),
         })
     }
 
-    /// Releases the references of a handle the loop will never run (closed loop).
-    pub fn release(&mut self) -> Vec<Py<PyAny>> {
-        let args = self.args.take().map(Py::into_any);
-        [self.callback.take(), args, self.context.take()]
-            .into_iter()
-            .flatten()
-            .collect()
+    /// Stops being loop-owned: gives back what `take_invocation` took (unless cancelled since,
+    /// as asyncio's `cancel()` drops them) and returns true if the caller must now track it.
+    pub fn disown(&mut self, invocation: Option<Invocation>) -> (bool, Option<Invocation>) {
+        if !self.owned_by_loop {
+            return (false, invocation);
+        }
+        self.owned_by_loop = false;
+        match invocation {
+            Some(inv) if !self.cancelled && self.callback.is_none() => {
+                self.callback = Some(inv.callback);
+                self.args = Some(inv.args);
+                (true, None)
+            }
+            other => (true, other),
+        }
     }
 
     /// Reports the references of a loop-owned (untracked) handle on the loop's behalf.
@@ -302,24 +312,6 @@ pub fn invoke(py: Python<'_>, inv: &Invocation) -> PyResult<()> {
 
 #[pymethods]
 impl Handle {
-    #[new]
-    #[pyo3(signature = (callback, args, r#loop=None, context=None), text_signature = "(callback, args, loop=None, context=None)")]
-    fn py_new(
-        py: Python<'_>,
-        callback: Py<PyAny>,
-        args: &Bound<'_, PyAny>,
-        r#loop: Option<&Bound<'_, PyAny>>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Self> {
-        let _ = r#loop;
-        let args = if args.is_none() {
-            PyTuple::empty(py)
-        } else {
-            args.cast::<PyTuple>()?.clone()
-        };
-        Handle::new(py, callback, args.unbind(), context, false)
-    }
-
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         Handle::do_cancel(slf)
     }
@@ -414,7 +406,16 @@ impl TimerHandle {
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
-        let (a, b) = (slf.as_super().borrow(), other.as_super().borrow());
+        // Copied out first: comparing callbacks and arguments runs Python code, which may touch
+        // (even cancel) these very handles.
+        let (a, b) = (
+            TimerKey::of(py, &slf.as_super().borrow()),
+            TimerKey::of(py, &other.as_super().borrow()),
+        );
+        // asyncio compares `_cancelled` last, after the callbacks ran their `__eq__`: read it then.
+        let timer_eq = |py, a: &TimerKey, b: &TimerKey| -> PyResult<bool> {
+            Ok(timer_eq(py, a, b)? && slf.as_super().borrow().cancelled == other.as_super().borrow().cancelled)
+        };
         let result = match op {
             CompareOp::Lt => a.when < b.when,
             CompareOp::Le => a.when < b.when || timer_eq(py, &a, &b)?,
@@ -427,7 +428,24 @@ impl TimerHandle {
     }
 }
 
-fn timer_eq(py: Python<'_>, a: &Handle, b: &Handle) -> PyResult<bool> {
+/// What asyncio's `TimerHandle.__eq__` compares before `_cancelled`, taken out of a handle.
+struct TimerKey {
+    when: f64,
+    callback: Option<Py<PyAny>>,
+    args: Option<Py<PyAny>>,
+}
+
+impl TimerKey {
+    fn of(py: Python<'_>, h: &Handle) -> Self {
+        TimerKey {
+            when: h.when,
+            callback: h.callback.as_ref().map(|c| c.clone_ref(py)),
+            args: h.args.as_ref().map(|a| a.clone_ref(py).into_any()),
+        }
+    }
+}
+
+fn timer_eq(py: Python<'_>, a: &TimerKey, b: &TimerKey) -> PyResult<bool> {
     fn same(py: Python<'_>, x: Option<&Py<PyAny>>, y: Option<&Py<PyAny>>) -> PyResult<bool> {
         match (x, y) {
             (None, None) => Ok(true),
@@ -435,9 +453,7 @@ fn timer_eq(py: Python<'_>, a: &Handle, b: &Handle) -> PyResult<bool> {
             _ => Ok(false),
         }
     }
-    let args = |h: &Handle| h.args.as_ref().map(|t| t.clone_ref(py).into_any());
     Ok(a.when == b.when
-        && a.cancelled == b.cancelled
         && same(py, a.callback.as_ref(), b.callback.as_ref())?
-        && same(py, args(a).as_ref(), args(b).as_ref())?)
+        && same(py, a.args.as_ref(), b.args.as_ref())?)
 }

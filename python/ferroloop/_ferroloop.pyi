@@ -11,15 +11,9 @@ __version__: str
 
 @disjoint_base
 class Handle:
-    """A callback scheduled by call_soon()/call_soon_threadsafe(), or an fd watcher."""
+    """A callback scheduled by call_soon()/call_soon_threadsafe(), or an fd watcher; created by
+    the loop only."""
 
-    def __new__(
-        cls,
-        callback: Callable[..., object],
-        args: tuple[Any, ...] | None,
-        loop: object = None,
-        context: Context | None = None,
-    ) -> Handle: ...
     def cancel(self) -> None:
         """Cancel the callback; a cancelled handle never runs."""
     def cancelled(self) -> bool:

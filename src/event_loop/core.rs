@@ -31,17 +31,10 @@ const MAX_POLL_SECONDS: f64 = 24.0 * 3600.0;
 /// Rebuild the heap only past this size, when more than half of it is cancelled (as asyncio).
 const MIN_HEAP_FOR_REBUILD: usize = 100;
 
-/// While callbacks are ready and the last look at I/O found nothing, the next look may wait this
-/// long (seconds). A turn of a few short callbacks otherwise spends most of its time in a
-/// zero-timeout `epoll_wait` that finds nothing. Once I/O is flowing (the last look found events)
-/// every turn looks, as asyncio's does, so I/O keeps interleaving with callbacks the way programs
-/// and `CPython`'s tests expect (docs/perf-log.md has the measurements and the failed variant).
-const QUIET_POLL_INTERVAL: f64 = 100e-6;
-
-/// How a turn polls.
+/// How a turn polls. Every turn looks at I/O, as asyncio's does: programs observe how I/O
+/// interleaves with callbacks (a reader runs on the turn after its data arrived). Skipping the
+/// look while I/O was quiet was measured and reverted (docs/perf-log.md).
 enum PollPlan {
-    /// Callbacks are ready, I/O was quiet at the last look, and that look was very recent.
-    Skip,
     /// Look at I/O without waiting; the GIL is kept, as the call cannot block.
     NonBlocking,
     /// Wait for I/O with the GIL released, at most this long (`None`: until something happens).
@@ -82,9 +75,6 @@ impl LoopBase {
             return PollPlan::NonBlocking;
         }
         if !self.ready.is_empty() {
-            if self.io_quiet && now - self.last_poll < QUIET_POLL_INTERVAL {
-                return PollPlan::Skip;
-            }
             return PollPlan::NonBlocking;
         }
         match self.timers.peek() {
@@ -131,9 +121,6 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         let mut s = slf.borrow_mut();
         let purged = s.purge_cancelled_timers(py);
         let plan = s.plan_poll(now);
-        if !matches!(plan, PollPlan::Skip) {
-            s.last_poll = now;
-        }
         let poller = s.poller.clone().ok_or_else(super::closed_error)?;
         (
             plan,
@@ -143,11 +130,10 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
             purged,
         )
     };
-    drop(purged);
+    super::let_go_all(py, purged);
 
     readiness.clear();
     let poll_result = match plan {
-        PollPlan::Skip => Ok(()),
         PollPlan::NonBlocking => poller.wait(&mut epoll_buf, &mut readiness, Some(Duration::ZERO)),
         PollPlan::Block(timeout) => {
             let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
@@ -155,13 +141,7 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
             waited
         }
     };
-    {
-        let mut s = slf.borrow_mut();
-        s.epoll_buf = epoll_buf;
-        if !matches!(plan, PollPlan::Skip) {
-            s.io_quiet = readiness.is_empty();
-        }
-    }
+    slf.borrow_mut().epoll_buf = epoll_buf;
     match poll_result {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
@@ -192,7 +172,7 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         std::mem::swap(&mut batch, &mut s.ready);
         (batch, stale, s.debug)
     };
-    drop(stale);
+    super::let_go_all(py, stale);
     run_batch(slf, batch, debug)
 }
 
@@ -200,6 +180,7 @@ fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: 
     let py = slf.py();
     while let Some(handle) = batch.pop_front() {
         let Some(invocation) = handle.borrow_mut(py).take_invocation(py) else {
+            super::let_go(py, handle, None);
             continue;
         };
         let started = debug.then(clock::monotonic);
@@ -207,7 +188,13 @@ fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: 
             Err(err) if !is_fatal(py, &err) => report_callback_error(slf, &handle, &invocation, err),
             other => other,
         };
-        drop(invocation);
+        let handle = if started.is_some() {
+            super::let_go(py, handle.clone_ref(py), Some(invocation));
+            Some(handle)
+        } else {
+            super::let_go(py, handle, Some(invocation));
+            None
+        };
         if let Err(err) = outcome {
             // KeyboardInterrupt/SystemExit leave the loop; what was not run stays queued first.
             let mut s = slf.borrow_mut();
@@ -217,7 +204,7 @@ fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: 
             s.spare = batch;
             return Err(err);
         }
-        if let Some(started) = started {
+        if let (Some(started), Some(handle)) = (started, handle) {
             let elapsed = clock::monotonic() - started;
             if elapsed >= slf.borrow().slow_callback_duration {
                 slf.call_method1(intern!(py, "_log_slow_callback"), (handle, elapsed))?;

@@ -21,8 +21,8 @@ use crate::timers::TimerHeap;
 use fd_watch::{FdWatches, Side};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyTuple};
-use pyo3::{intern, PyClassInitializer, PyTraverseError, PyVisit};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::{intern, PyClassInitializer, PyTraverseError, PyTypeInfo, PyVisit};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicUsize;
@@ -41,9 +41,6 @@ pub struct LoopBase {
     poller: Option<Arc<Poller>>,
     epoll_buf: Vec<libc::epoll_event>,
     readiness: Vec<crate::poller::Readiness>,
-    /// Clock reading and outcome of the last look at I/O (see `core::QUIET_POLL_INTERVAL`).
-    last_poll: f64,
-    io_quiet: bool,
     stopping: bool,
     running: bool,
     closed: bool,
@@ -84,8 +81,9 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
                 e
             }
         })?;
-        fileno
-            .call_method0(intern!(obj.py(), "__index__"))
+        // int(), as asyncio's selectors do (a float fileno() is accepted there).
+        PyInt::type_object(obj.py())
+            .call1((fileno,))
             .and_then(|v| v.extract())
             .map_err(|_| invalid())?
     };
@@ -240,8 +238,6 @@ impl LoopBase {
             poller: Some(Arc::new(poller)),
             epoll_buf: Vec::with_capacity(256),
             readiness: Vec::with_capacity(256),
-            last_poll: 0.0,
-            io_quiet: false,
             stopping: false,
             running: false,
             closed: false,
@@ -289,7 +285,10 @@ impl LoopBase {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let when = clock::monotonic() + delay.extract::<f64>()?;
+        // `time() + delay` with Python's own addition, so exactly the delays asyncio accepts work.
+        let when = PyFloat::new(slf.py(), clock::monotonic())
+            .add(delay)?
+            .extract::<f64>()?;
         LoopBase::schedule_timer(slf, when, callback, args, context)
     }
 
@@ -460,9 +459,6 @@ impl LoopBase {
             }
             s.running = true;
             s.thread_id = current_thread();
-            // Every run looks at I/O on its first turn, like asyncio: a short run_until_complete()
-            // must see what arrived since the previous run.
-            s.io_quiet = false;
         }
         let result = loop {
             if let Err(err) = core::run_once(slf) {
@@ -523,7 +519,7 @@ impl LoopBase {
             dropped.extend(s.watches.drain());
             dropped
         };
-        release_all(slf.py(), dropped);
+        let_go_all(slf.py(), dropped);
         Ok(())
     }
 
@@ -556,8 +552,15 @@ impl LoopBase {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: the GC traverses with the GIL held; only Rust borrow flags are read here (no
+        // Python API is called), and a handle borrowed mutably right now is skipped, which only
+        // under-reports (the GC then keeps more alive, never less).
+        let py = unsafe { Python::assume_attached() };
         for h in self.ready.iter().chain(self.spare.iter()).chain(self.timers.iter()) {
             visit.call(h)?;
+            if let Ok(handle) = h.try_borrow(py) {
+                handle.visit_owned(&visit)?;
+            }
         }
         visit.call(&self.task_factory)?;
         self.watches.traverse(&visit)
@@ -568,16 +571,38 @@ impl LoopBase {
         dropped.extend(self.timers.drain());
         dropped.extend(self.watches.drain());
         self.task_factory = None;
-        release_all(py, dropped);
+        let_go_all(py, dropped);
     }
 }
 
-/// Releases what dropped handles hold, so a loop-owned (GC-untracked) handle kept alive by
-/// someone else cannot keep a reference cycle alive.
-fn release_all(py: Python<'_>, handles: Vec<Py<Handle>>) {
+/// The loop lets go of a handle it queued (run, dropped as cancelled, or the loop closed): a
+/// loop-owned handle that someone else still holds becomes an ordinary GC-tracked object again,
+/// with its callback and arguments back (see `Handle::owned_by_loop`). `invocation` is what
+/// `take_invocation` took for a run, if any.
+pub(crate) fn let_go(py: Python<'_>, handle: Py<Handle>, invocation: Option<crate::handles::Invocation>) {
+    let leftover = if handle.get_refcnt(py) > 1 {
+        let Ok(mut h) = handle.bind(py).try_borrow_mut() else {
+            // Borrowed elsewhere right now (it cannot be, outside Python code): stay untracked,
+            // which can only keep more alive.
+            return;
+        };
+        let (track, leftover) = h.disown(invocation);
+        drop(h);
+        if track {
+            crate::handles::set_gc_tracked(handle.bind(py).as_any(), true);
+        }
+        leftover
+    } else {
+        invocation
+    };
+    // Dropped after the handle's borrow ended: releasing references can run arbitrary code.
+    drop(leftover);
+    drop(handle);
+}
+
+pub(crate) fn let_go_all(py: Python<'_>, handles: Vec<Py<Handle>>) {
     for handle in handles {
-        let released = handle.bind(py).try_borrow_mut().map(|mut h| h.release());
-        drop(released);
+        let_go(py, handle, None);
     }
 }
 
@@ -599,10 +624,15 @@ impl LoopBase {
             (s.debug, s.timer_cancels.clone())
         };
         check_callback(&callback, "call_at", debug)?;
-        let base = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_timer(when, cancels);
+        let mut base = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_timer(when, cancels);
+        base.set_loop_owned();
+        let owned = base.is_loop_owned();
         let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
+        crate::handles::set_gc_tracked(timer.as_any(), !owned);
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
-        slf.borrow_mut().timers.push(when, as_handle);
+        // asyncio's heap compares with `<`, so a NaN deadline pops at once; keep that.
+        let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
+        slf.borrow_mut().timers.push(key, as_handle);
         Ok(timer.unbind())
     }
 }
