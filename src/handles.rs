@@ -131,6 +131,15 @@ impl Handle {
         })
     }
 
+    /// Gives the handle its callback and arguments back (new references) while it is still
+    /// loop-owned, so that an exception handler sees the full handle, as with asyncio.
+    pub fn restore_for_report(&mut self, py: Python<'_>, invocation: &Invocation) {
+        if self.owned_by_loop && !self.cancelled && self.callback.is_none() {
+            self.callback = Some(invocation.callback.clone_ref(py));
+            self.args = Some(invocation.args.clone_ref(py));
+        }
+    }
+
     /// Stops being loop-owned: gives back what `take_invocation` took (unless cancelled since,
     /// as asyncio's `cancel()` drops them) and returns true if the caller must now track it.
     pub fn disown(&mut self, invocation: Option<Invocation>) -> (bool, Option<Invocation>) {
@@ -366,7 +375,9 @@ impl Handle {
 
 /// A handle with a deadline. All state lives in the base `Handle`; this class adds the timer
 /// methods, so the loop stores every handle as a `Handle`.
-#[pyclass(extends = Handle, module = "ferroloop._ferroloop")]
+// Its own freelist: otherwise the type inherits `Handle`'s allocation slots and freed timers
+// would be recycled as plain handles.
+#[pyclass(extends = Handle, freelist = 1024, module = "ferroloop._ferroloop")]
 pub struct TimerHandle;
 
 #[pymethods]

@@ -218,7 +218,8 @@ impl Poller {
                 return Ok(ret as usize);
             }
             let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ENOSYS) {
+            // ENOSYS: kernel before 5.11; EPERM: a seccomp filter that does not know the call.
+            if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
                 return Err(err);
             }
             self.precise_timeouts.store(false, Ordering::Relaxed);

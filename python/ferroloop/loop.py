@@ -502,7 +502,8 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
     def _check_sock(self, sock: socket.socket) -> None:
         if ssl is not None and isinstance(sock, ssl.SSLSocket):
             raise TypeError("Socket cannot be of type SSLSocket")
-        if sock.gettimeout() != 0:
+        # As asyncio: a blocking socket is only refused in debug mode.
+        if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
 
     async def _sock_io(self, sock: socket.socket, write: bool, method: str, *args: Any) -> Any:
@@ -607,7 +608,10 @@ _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
 
 def _reinit_loops_in_child() -> None:
     for loop in list(_live_loops):
-        loop._after_fork()
+        try:
+            loop._after_fork()
+        except Exception:  # one loop's failure must not leave the others sharing the parent's poller
+            logger.exception("ferroloop: could not give %r its own poller after fork()", loop)
 
 
 if hasattr(os, "register_at_fork"):

@@ -177,26 +177,10 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
 }
 
 fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: bool) -> PyResult<()> {
-    let py = slf.py();
     while let Some(handle) = batch.pop_front() {
-        let Some(invocation) = handle.borrow_mut(py).take_invocation(py) else {
-            super::let_go(py, handle, None);
-            continue;
-        };
-        let started = debug.then(clock::monotonic);
-        let outcome = match invoke(py, &invocation) {
-            Err(err) if !is_fatal(py, &err) => report_callback_error(slf, &handle, &invocation, err),
-            other => other,
-        };
-        let handle = if started.is_some() {
-            super::let_go(py, handle.clone_ref(py), Some(invocation));
-            Some(handle)
-        } else {
-            super::let_go(py, handle, Some(invocation));
-            None
-        };
-        if let Err(err) = outcome {
-            // KeyboardInterrupt/SystemExit leave the loop; what was not run stays queued first.
+        if let Err(err) = run_handle(slf, handle, debug) {
+            // KeyboardInterrupt/SystemExit (or a failing diagnostic) leave the loop; what was not
+            // run stays queued, first, as asyncio leaves it.
             let mut s = slf.borrow_mut();
             while let Some(rest) = batch.pop_back() {
                 s.ready.push_front(rest);
@@ -204,14 +188,36 @@ fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: 
             s.spare = batch;
             return Err(err);
         }
-        if let (Some(started), Some(handle)) = (started, handle) {
-            let elapsed = clock::monotonic() - started;
-            if elapsed >= slf.borrow().slow_callback_duration {
-                slf.call_method1(intern!(py, "_log_slow_callback"), (handle, elapsed))?;
-            }
-        }
     }
     slf.borrow_mut().spare = batch;
+    Ok(())
+}
+
+/// Runs one handle; an `Err` means the loop must stop at once.
+fn run_handle(slf: &Bound<'_, LoopBase>, handle: Py<Handle>, debug: bool) -> PyResult<()> {
+    let py = slf.py();
+    let Some(invocation) = handle.borrow_mut(py).take_invocation(py) else {
+        super::let_go(py, handle, None);
+        return Ok(());
+    };
+    let started = debug.then(clock::monotonic);
+    let outcome = match invoke(py, &invocation) {
+        Err(err) if !is_fatal(py, &err) => {
+            handle.borrow_mut(py).restore_for_report(py, &invocation);
+            report_callback_error(slf, &handle, &invocation, err)
+        }
+        other => other,
+    };
+    let Some(started) = started else {
+        super::let_go(py, handle, Some(invocation));
+        return outcome;
+    };
+    super::let_go(py, handle.clone_ref(py), Some(invocation));
+    outcome?;
+    let elapsed = clock::monotonic() - started;
+    if elapsed >= slf.borrow().slow_callback_duration {
+        slf.call_method1(intern!(py, "_log_slow_callback"), (handle, elapsed))?;
+    }
     Ok(())
 }
 

@@ -89,12 +89,12 @@ impl FdWatches {
         self.map.get(&fd)
     }
 
-    /// Registers every watched fd in `poller` (a fresh one, after `fork()`).
-    pub fn register_all(&self, poller: &Poller) -> io::Result<()> {
+    /// Registers every watched fd in `poller` (a fresh one, after `fork()`), skipping fds that
+    /// can no longer be registered (closed behind the loop's back).
+    pub fn register_all(&self, poller: &Poller) {
         for (&fd, watch) in &self.map {
-            poller.watch(fd, watch.interest(), false)?;
+            let _ = poller.watch(fd, watch.interest(), false);
         }
-        Ok(())
     }
 
     pub fn drain(&mut self) -> Vec<Py<Handle>> {

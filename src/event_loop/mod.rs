@@ -399,14 +399,16 @@ impl LoopBase {
 
     /// Set the factory `create_task()` uses: `factory(loop, coro[, context=...])`; None restores
     /// the default.
-    fn set_task_factory(&mut self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn set_task_factory(slf: &Bound<'_, Self>, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let factory = factory.filter(|f| !f.is_none());
         if let Some(f) = &factory {
             if !f.is_callable() {
                 return Err(PyTypeError::new_err("task factory must be a callable or None"));
             }
         }
-        self.task_factory = factory.map(Bound::unbind);
+        let previous = std::mem::replace(&mut slf.borrow_mut().task_factory, factory.map(Bound::unbind));
+        // Dropped outside the borrow: a finalizer may call back into the loop.
+        drop(previous);
         Ok(())
     }
 
@@ -423,7 +425,9 @@ impl LoopBase {
             return Ok(());
         }
         let poller = Arc::new(Poller::new().map_err(|e| os_error(&e))?);
-        self.watches.register_all(&poller).map_err(|e| os_error(&e))?;
+        // An fd closed without remove_reader() cannot be registered again; it is skipped (as it
+        // would fail on its next use in the parent too), and the new poller is installed anyway.
+        self.watches.register_all(&poller);
         self.poller = Some(poller);
         Ok(())
     }
@@ -442,8 +446,15 @@ impl LoopBase {
     }
 
     /// Queue an existing handle (a signal handler's) to run on the next turn.
-    fn _call_handle(&mut self, handle: Py<Handle>) -> PyResult<()> {
+    fn _call_handle(&mut self, py: Python<'_>, handle: Py<Handle>) -> PyResult<()> {
         self.check_closed()?;
+        // A loop-owned handle is already in a queue, whose references the loop reports to the
+        // GC; queueing it twice would report them twice.
+        if handle.borrow(py).is_loop_owned() {
+            return Err(PyValueError::new_err(
+                "_call_handle() takes handles from _persistent_handle() only",
+            ));
+        }
         self.ready.push_back(handle);
         Ok(())
     }
@@ -527,8 +538,10 @@ impl LoopBase {
         self.debug
     }
 
-    fn set_debug(&mut self, enabled: bool) {
-        self.debug = enabled;
+    fn set_debug(&mut self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
+        // Any truthy value, as asyncio stores bool(enabled).
+        self.debug = enabled.is_truthy()?;
+        Ok(())
     }
 
     #[getter]

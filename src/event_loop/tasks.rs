@@ -7,7 +7,6 @@
 
 use super::LoopBase;
 use pyo3::ffi;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
@@ -77,14 +76,8 @@ impl LoopBase {
         }
         let index = usize::from(name.is_some()) | usize::from(context.is_some()) << 1;
         let names = kwnames(py, &TASK_KWNAMES[index], &names)?;
-        let task = vectorcall(py, task_type, &args, 1, names)?;
-        if slf.borrow().debug {
-            // As asyncio: the creation traceback ends at the caller, not inside the loop.
-            let traceback = task.getattr(intern!(py, "_source_traceback"))?;
-            if traceback.is_truthy()? {
-                traceback.del_item(-1)?;
-            }
-        }
-        Ok(task)
+        // In debug mode the task's creation traceback already ends at the caller: this method has
+        // no Python frame of its own to drop (asyncio's drops its create_task frame).
+        vectorcall(py, task_type, &args, 1, names)
     }
 }
