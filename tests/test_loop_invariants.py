@@ -116,3 +116,32 @@ def test_forked_child_gets_its_own_poller_despite_a_stale_fd(loop, request, is_f
         loop.remove_reader(stale_fd)
         for s in (rsock, wsock, stale_w):
             s.close()
+
+
+def test_reader_added_during_a_busy_turn_runs_on_the_next_turn(loop):
+    """With no fd watched, a turn has no I/O to look at; once a callback adds a reader, the
+    next turn must look (and find the data already waiting)."""
+    rsock, wsock = socket.socketpair()
+    wsock.send(b"waiting")
+    events = []
+    turn = 0
+
+    def tick():
+        nonlocal turn
+        turn += 1
+        events.append(("tick", turn))
+        if turn == 1:
+            loop.add_reader(rsock, lambda: events.append(("read", rsock.recv(100))))
+        if turn < 4:
+            loop.call_soon(tick)
+        else:
+            loop.stop()
+
+    loop.call_soon(tick)
+    try:
+        loop.run_forever()
+    finally:
+        loop.remove_reader(rsock)
+        rsock.close()
+        wsock.close()
+    assert events[:3] == [("tick", 1), ("tick", 2), ("read", b"waiting")]

@@ -31,10 +31,15 @@ const MAX_POLL_SECONDS: f64 = 24.0 * 3600.0;
 /// Rebuild the heap only past this size, when more than half of it is cancelled (as asyncio).
 const MIN_HEAP_FOR_REBUILD: usize = 100;
 
-/// How a turn polls. Every turn looks at I/O, as asyncio's does: programs observe how I/O
-/// interleaves with callbacks (a reader runs on the turn after its data arrived). Skipping the
-/// look while I/O was quiet was measured and reverted (docs/perf-log.md).
+/// How a turn polls. Every turn that could find something looks at I/O, as asyncio's does:
+/// programs observe how I/O interleaves with callbacks (a reader runs on the turn after its data
+/// arrived). A turn with callbacks ready and no fd watched has nothing to find (cross-thread
+/// callbacks are queued directly, the eventfd only wakes a blocked poll), so it skips the syscall.
+/// Skipping while fds were watched but quiet was measured and reverted (docs/perf-log.md).
+#[derive(Clone, Copy)]
 enum PollPlan {
+    /// Callbacks are ready and no fd is watched: there is no I/O to look at.
+    Skip,
     /// Look at I/O without waiting; the GIL is kept, as the call cannot block.
     NonBlocking,
     /// Wait for I/O with the GIL released, at most this long (`None`: until something happens).
@@ -75,6 +80,9 @@ impl LoopBase {
             return PollPlan::NonBlocking;
         }
         if !self.ready.is_empty() {
+            if self.watches.is_empty() {
+                return PollPlan::Skip;
+            }
             return PollPlan::NonBlocking;
         }
         match self.timers.peek() {
@@ -134,6 +142,7 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
 
     readiness.clear();
     let poll_result = match plan {
+        PollPlan::Skip => Ok(()),
         PollPlan::NonBlocking => poller.wait(&mut epoll_buf, &mut readiness, Some(Duration::ZERO)),
         PollPlan::Block(timeout) => {
             let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
@@ -146,6 +155,10 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
         Err(err) => return Err(os_error(&err)),
+    }
+    if matches!(plan, PollPlan::Skip) {
+        // Signals still get their turn, as an interrupted poll would have given them.
+        py.check_signals()?;
     }
 
     let (batch, stale, debug) = {

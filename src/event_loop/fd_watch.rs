@@ -85,6 +85,10 @@ impl FdWatches {
         Some(removed)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn get(&self, fd: RawFd) -> Option<&FdWatch> {
         self.map.get(&fd)
     }
