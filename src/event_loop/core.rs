@@ -73,7 +73,7 @@ impl LoopBase {
         removed
     }
 
-    /// How this turn polls, given the clock reading `now`.
+    /// How this turn polls, given the clock reading `now` (taken only when there are timers).
     fn plan_poll(&self, now: f64) -> PollPlan {
         if self.stopping {
             // asyncio's stop(): one last look at I/O, then the current batch, then return.
@@ -124,10 +124,15 @@ impl LoopBase {
 /// Runs one turn of the loop.
 pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     let py = slf.py();
-    let mut now = clock::monotonic();
+    // The clock is read only when there are timers to compare with (a vDSO call still costs a
+    // noticeable share of a one-callback turn).
+    let mut now = f64::NEG_INFINITY;
     let (plan, poller, mut epoll_buf, mut readiness, purged) = {
         let mut s = slf.borrow_mut();
         let purged = s.purge_cancelled_timers(py);
+        if s.timers.len() > 0 {
+            now = clock::monotonic();
+        }
         let plan = s.plan_poll(now);
         let poller = s.poller.clone().ok_or_else(super::closed_error)?;
         (
@@ -146,7 +151,10 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         PollPlan::NonBlocking => poller.wait(&mut epoll_buf, &mut readiness, Some(Duration::ZERO)),
         PollPlan::Block(timeout) => {
             let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
-            now = clock::monotonic();
+            if timeout.is_some() {
+                // Only a wait bounded by a timer needs the clock again.
+                now = clock::monotonic();
+            }
             waited
         }
     };
