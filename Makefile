@@ -39,11 +39,12 @@ conformance:  ## CPython's test_asyncio on ferroloop, with per-module counts (al
 stubtest:  ## check the hand-written .pyi stubs against the built native module
 	$(PYTHON) -m mypy.stubtest ferroloop._ferroloop
 
-lint:  ## cargo fmt/clippy, ruff
+lint:  ## cargo fmt/clippy, ruff, mypy --strict on the package
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	$(PYTHON) -m ruff check python tests examples bench
 	$(PYTHON) -m ruff format --check python tests examples bench
+	$(PYTHON) -m mypy --strict python/ferroloop
 
 format:  ## apply cargo fmt and ruff format
 	cargo fmt

@@ -63,7 +63,8 @@ def _run_without_runner(main: Coroutine[Any, Any, _T], *, debug: bool | None) ->
         asyncio.set_event_loop(loop)
         if debug is not None:
             loop.set_debug(debug)
-        return loop.run_until_complete(main)
+        result: _T = loop.run_until_complete(main)
+        return result
     finally:
         try:
             pending = asyncio.all_tasks(loop)

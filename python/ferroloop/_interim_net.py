@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import selectors
 from asyncio import base_events, selector_events, unix_events
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 _BORROWED: dict[type, tuple[str, ...]] = {
     base_events.BaseEventLoop: (
@@ -76,11 +76,24 @@ def _collect() -> dict[str, Any]:
     return methods
 
 
-InterimNetworking = type(
-    "InterimNetworking",
-    (),
-    {**_collect(), "__doc__": "CPython's networking methods, bound to ferroloop's engine (interim).", "__slots__": ()},
-)
+if TYPE_CHECKING:
+    # For type checkers: the borrowed methods have the signatures of CPython's selector loop.
+
+    class InterimNetworking(unix_events.SelectorEventLoop):
+        """CPython's networking methods, bound to ferroloop's engine (interim)."""
+
+        def _ensure_fd_no_transport(self, fd: Any) -> None: ...
+
+else:
+    InterimNetworking = type(
+        "InterimNetworking",
+        (),
+        {
+            **_collect(),
+            "__doc__": "CPython's networking methods, bound to ferroloop's engine (interim).",
+            "__slots__": (),
+        },
+    )
 
 
 class _Watchers(Protocol):

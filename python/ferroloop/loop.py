@@ -26,10 +26,18 @@ import traceback
 import warnings
 import weakref
 from asyncio import coroutines, futures, tasks
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from . import _ferroloop, _resolve
 from ._interim_net import InterimNetworking, SelectorView
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+    from typing_extensions import TypeVarTuple, Unpack
+
+    _Ts = TypeVarTuple("_Ts")
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("asyncio")
 
@@ -56,7 +64,9 @@ def _noop_signal_handler(signum: int, frame: object) -> None:
     """Installed for signals the loop handles: the real work happens via the wakeup fd."""
 
 
-class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
+# The native call_soon()/call_later()/... return ferroloop's own Handle types, which are not
+# asyncio.Handle subclasses (a documented difference): type checkers see the bases disagree.
+class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """An asyncio event loop whose engine is written in Rust."""
 
     def __init__(self) -> None:
@@ -95,22 +105,22 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
 
     # -- fd watchers ---------------------------------------------------------------------------
 
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]) -> None:
         """Call callback(*args) whenever fd (an int or an object with fileno()) is readable."""
         self._ensure_fd_no_transport(fd)
         self._add_reader(fd, callback, *args)
 
-    def remove_reader(self, fd: Any) -> bool:
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
         """Stop watching fd for reading; return whether it was watched."""
         self._ensure_fd_no_transport(fd)
         return self._remove_reader(fd)
 
-    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]) -> None:
         """Call callback(*args) whenever fd (an int or an object with fileno()) is writable."""
         self._ensure_fd_no_transport(fd)
         self._add_writer(fd, callback, *args)
 
-    def remove_writer(self, fd: Any) -> bool:
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
         """Stop watching fd for writing; return whether it was watched."""
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
@@ -344,8 +354,8 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
     # -- executors -----------------------------------------------------------------------------
 
     def run_in_executor(
-        self, executor: concurrent.futures.Executor | None, func: Callable[..., Any], *args: Any
-    ) -> Any:
+        self, executor: concurrent.futures.Executor | None, func: Callable[[Unpack[_Ts]], _T], *args: Unpack[_Ts]
+    ) -> asyncio.Future[_T]:
         """Run func(*args) in executor (the default thread pool if None); return an awaitable future."""
         self._check_closed()
         if self.get_debug() and (coroutines.iscoroutine(func) or coroutines.iscoroutinefunction(func)):
@@ -358,7 +368,7 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
                 executor = self._default_executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
         return futures.wrap_future(executor.submit(func, *args), loop=self)
 
-    def set_default_executor(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+    def set_default_executor(self, executor: concurrent.futures.Executor) -> None:
         """Set the executor run_in_executor(None, ...) uses."""
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
             raise TypeError("executor must be ThreadPoolExecutor instance")
@@ -397,11 +407,13 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
         """socket.getaddrinfo in the default executor; numeric hosts are answered inline."""
         if _resolve.is_numeric(host, port):
             return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
-        return await self.run_in_executor(None, socket.getaddrinfo, host, port, family, type, proto, flags)
+        return cast(
+            "list[Any]", await self.run_in_executor(None, socket.getaddrinfo, host, port, family, type, proto, flags)
+        )
 
     async def getnameinfo(self, sockaddr: tuple[Any, ...], flags: int = 0) -> tuple[str, str]:
         """socket.getnameinfo in the default executor."""
-        return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+        return cast("tuple[str, str]", await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags))
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -450,7 +462,7 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
                 else:
                     self._call_handle(handle)
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         """Run callback(*args) in the loop whenever signal sig arrives (main thread only)."""
         if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
@@ -531,29 +543,29 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to n bytes from sock."""
         self._check_sock(sock)
-        return await self._sock_io(sock, False, "recv", n)
+        return cast(bytes, await self._sock_io(sock, False, "recv", n))
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         """Receive data from sock into buf; return the number of bytes received."""
         self._check_sock(sock)
-        return await self._sock_io(sock, False, "recv_into", buf)
+        return cast(int, await self._sock_io(sock, False, "recv_into", buf))
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to bufsize bytes; return (data, address)."""
         self._check_sock(sock)
-        return await self._sock_io(sock, False, "recvfrom", bufsize)
+        return cast("tuple[bytes, Any]", await self._sock_io(sock, False, "recvfrom", bufsize))
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
         """Receive a datagram into buf; return (nbytes, address)."""
         self._check_sock(sock)
         if not nbytes:
             nbytes = len(buf)
-        return await self._sock_io(sock, False, "recvfrom_into", buf, nbytes)
+        return cast("tuple[int, Any]", await self._sock_io(sock, False, "recvfrom_into", buf, nbytes))
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         """Send a datagram to address; return the number of bytes sent."""
         self._check_sock(sock)
-        return await self._sock_io(sock, True, "sendto", data, address)
+        return cast(int, await self._sock_io(sock, True, "sendto", data, address))
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of data to sock, waiting for the socket to drain as needed."""
@@ -592,7 +604,7 @@ class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):
             await fut
         finally:
             # Break the reference cycle through the exception's traceback.
-            fut = None  # type: ignore[assignment]
+            del fut
 
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         """Accept a connection; return (conn, address) with conn non-blocking."""
