@@ -246,9 +246,8 @@ impl Handle {
             info.push(format!("when={}", PyFloat::new(py, when).repr()?));
         }
         if let Some(callback) = callback {
-            let formatter = FORMAT_CALLBACK_SOURCE.import(py, "asyncio.format_helpers", "_format_callback_source")?;
             let args = args.unwrap_or_else(|| PyTuple::empty(py).unbind());
-            info.push(formatter.call1((callback, args))?.extract::<String>()?);
+            info.push(format_callback_source(py, &callback, &args)?);
         }
         if let Some(tb) = traceback {
             let tb = tb.bind(py);
@@ -260,6 +259,13 @@ impl Handle {
         }
         Ok(format!("<{}>", info.join(" ")))
     }
+}
+
+/// `callback(args) at file:line`, as asyncio's `format_helpers._format_callback_source` writes it
+/// (in handle reprs and "Exception in callback ..." messages).
+pub fn format_callback_source(py: Python<'_>, callback: &Py<PyAny>, args: &Py<PyTuple>) -> PyResult<String> {
+    let formatter = FORMAT_CALLBACK_SOURCE.import(py, "asyncio.format_helpers", "_format_callback_source")?;
+    formatter.call1((callback, args))?.extract()
 }
 
 /// Puts `obj` (of a GC type) in or out of the GC's lists. Objects recycled through the `Handle`

@@ -15,7 +15,7 @@ use super::fd_watch::FdWatches;
 use super::LoopBase;
 use crate::clock;
 use crate::errors::os_error;
-use crate::handles::{invoke, Handle, Invocation};
+use crate::handles::{format_callback_source, invoke, Handle, Invocation};
 use crate::poller::Readiness;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::intern;
@@ -254,11 +254,8 @@ fn report_callback_error(
     err: PyErr,
 ) -> PyResult<()> {
     let py = slf.py();
-    let format = py
-        .import(intern!(py, "asyncio.format_helpers"))?
-        .getattr(intern!(py, "_format_callback_source"))?;
     let traceback = handle.borrow(py).source_traceback(py);
-    let description = format.call1((invocation.callback.clone_ref(py), invocation.args.clone_ref(py)))?;
+    let description = format_callback_source(py, &invocation.callback, &invocation.args)?;
     let context = PyDict::new(py);
     context.set_item(intern!(py, "message"), format!("Exception in callback {description}"))?;
     context.set_item(intern!(py, "exception"), err.into_value(py))?;

@@ -554,16 +554,6 @@ impl LoopBase {
         self.slow_callback_duration = seconds;
     }
 
-    /// Number of callbacks waiting in the ready queue (for diagnostics and tests).
-    fn _ready_count(&self) -> usize {
-        self.ready.len()
-    }
-
-    /// Number of timers in the heap, cancelled ones included (for diagnostics and tests).
-    fn _timer_count(&self) -> usize {
-        self.timers.len()
-    }
-
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // SAFETY: the GC traverses with the GIL held; only Rust borrow flags are read here (no
         // Python API is called), and a handle borrowed mutably right now is skipped, which only
