@@ -10,6 +10,7 @@ mod event_loop;
 mod handles;
 mod poller;
 mod timers;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -18,6 +19,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopBase>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transport::socket::SocketCore>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -46,8 +46,6 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_accept_connection2",
         "_ensure_fd_no_transport",
         "_make_datagram_transport",
-        "_make_socket_transport",
-        "_make_ssl_transport",
         "_sendfile_native",
         "_start_serving",
         "_stop_serving",

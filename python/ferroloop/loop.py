@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from . import _ferroloop, _resolve
 from ._interim_net import InterimNetworking, SelectorView
+from ._transports import NativeTransports
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -66,7 +67,7 @@ def _noop_signal_handler(signum: int, frame: object) -> None:
 
 # The native call_soon()/call_later()/... return ferroloop's own Handle types, which are not
 # asyncio.Handle subclasses (a documented difference): type checkers see the bases disagree.
-class Loop(_ferroloop.LoopBase, InterimNetworking, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(_ferroloop.LoopBase, NativeTransports, InterimNetworking, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """An asyncio event loop whose engine is written in Rust."""
 
     def __init__(self) -> None:

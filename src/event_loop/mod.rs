@@ -18,7 +18,8 @@ use crate::errors::os_error;
 use crate::handles::{Handle, TimerHandle};
 use crate::poller::Poller;
 use crate::timers::TimerHeap;
-use fd_watch::{FdWatches, Side};
+use fd_watch::FdWatches;
+pub(crate) use fd_watch::Side;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
@@ -125,6 +126,10 @@ fn check_callback(callback: &Bound<'_, PyAny>, method: &str, debug: bool) -> PyR
 }
 
 impl LoopBase {
+    pub(crate) fn debug_enabled(&self) -> bool {
+        self.debug
+    }
+
     fn check_closed(&self) -> PyResult<()> {
         if self.closed {
             Err(closed_error())
@@ -143,7 +148,7 @@ impl LoopBase {
         Ok(())
     }
 
-    fn schedule(
+    pub(crate) fn schedule(
         slf: &Bound<'_, Self>,
         method: &str,
         callback: Bound<'_, PyAny>,
@@ -179,8 +184,19 @@ impl LoopBase {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
+        LoopBase::watch_fd(slf, fileobj_to_fd(fd)?, side, callback, args)
+    }
+
+    /// Installs `callback(*args)` as the reader or writer of `fd` (replacing and cancelling a
+    /// previous one); the native transports use this directly.
+    pub(crate) fn watch_fd(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        side: Side,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let fd = fileobj_to_fd(fd)?;
         let debug = {
             let s = slf.borrow();
             s.check_closed()?;
@@ -201,11 +217,15 @@ impl LoopBase {
     }
 
     fn clear_watch(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
-        let py = slf.py();
         if slf.borrow().closed {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd)?;
+        LoopBase::unwatch_fd(slf, fileobj_to_fd(fd)?, side)
+    }
+
+    /// Removes (and cancels) the reader or writer of `fd`; returns whether there was one.
+    pub(crate) fn unwatch_fd(slf: &Bound<'_, Self>, fd: RawFd, side: Side) -> PyResult<bool> {
+        let py = slf.py();
         let removed = {
             let mut s = slf.borrow_mut();
             let Some(poller) = s.poller.clone() else {

@@ -1,0 +1,251 @@
+"""ferroloop's native transports, as the `asyncio.Transport` objects protocols see.
+
+Each transport here is a thin Python object around a native core (`_ferroloop.SocketCore`) that
+does the per-read and per-write work: syscalls, buffering, flow control and the close sequence.
+The Python object exists because protocols, CPython's own helpers and libraries check
+`isinstance(transport, asyncio.Transport)` (and CPython's sendfile fallback checks for its
+flow-control base class), and a native class cannot derive from those Python classes. What is
+per connection and rarely used (extra info, `repr`, the unclosed-transport warning) stays here.
+
+`NativeTransports` is the loop mixin that makes CPython's connection code (`create_connection`,
+`create_server`, `start_tls`, ...) build these transports instead of its own.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import warnings
+from asyncio import base_events, constants, futures, protocols, sslproto, transports, trsock
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import _ferroloop
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .loop import Loop
+
+
+def _water_marks(high: int | None, low: int | None) -> tuple[int, int]:
+    """asyncio's defaults and checks for `set_write_buffer_limits()`."""
+    if high is None:
+        high = 64 * 1024 if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
+
+
+class SocketTransport(transports._FlowControlMixin):
+    """A stream socket transport (TCP or Unix) whose reads, writes and buffering are native."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        protocol: protocols.BaseProtocol,
+        waiter: futures.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+        server: base_events.Server | None = None,
+    ) -> None:
+        # _FlowControlMixin.__init__ is skipped on purpose: the native core keeps the water marks.
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock_fd = sock.fileno()
+        self._core = core = _ferroloop.SocketCore(loop, sock, self._sock_fd, self, server)
+        core.set_protocol(protocol)
+        if server is not None:
+            server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        # Reading starts only once connection_made() has run.
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        core = getattr(self, "_core", None)
+        if core is None or core._sock is None:
+            info.append("closed")
+        elif core.is_closing():
+            info.append("closing")
+        info.append(f"fd={getattr(self, '_sock_fd', -1)}")
+        loop = core._loop if core is not None else None
+        if core is not None and loop is not None and not loop.is_closed():
+            info.append("read=polling" if core._reader_installed else "read=idle")
+            state = "polling" if core._writer_installed else "idle"
+            info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        core = getattr(self, "_core", None)
+        sock = core._sock if core is not None else None
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
+    # -- the asyncio.Transport API, answered by the core ----------------------------------------
+
+    def get_protocol(self) -> protocols.BaseProtocol:
+        return self._core.get_protocol()  # type: ignore[no-any-return]
+
+    def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
+        self._core.set_protocol(protocol)
+
+    def is_closing(self) -> bool:
+        return self._core.is_closing()  # type: ignore[no-any-return]
+
+    def is_reading(self) -> bool:
+        return self._core.is_reading()  # type: ignore[no-any-return]
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._core.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()  # type: ignore[no-any-return]
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core._set_write_buffer_limits(*_water_marks(high, low))
+
+    # -- what CPython's loop helpers (sendfile, start_tls) and tests use -------------------------
+
+    @property
+    def _sock(self) -> socket.socket | None:
+        return self._core._sock  # type: ignore[no-any-return]
+
+    @property
+    def _loop(self) -> Loop | None:  # type: ignore[override]
+        return self._core._loop  # type: ignore[no-any-return]
+
+    @property
+    def _protocol(self) -> protocols.BaseProtocol | None:
+        return self._core.get_protocol()  # type: ignore[no-any-return]
+
+    @property
+    def _server(self) -> base_events.Server | None:
+        return self._core._server  # type: ignore[no-any-return]
+
+    @property
+    def _protocol_paused(self) -> bool:  # type: ignore[override]
+        return self._core._protocol_paused  # type: ignore[no-any-return]
+
+    @property
+    def _high_water(self) -> int:  # type: ignore[override]
+        return self._core.get_write_buffer_limits()[1]  # type: ignore[no-any-return]
+
+    @property
+    def _low_water(self) -> int:  # type: ignore[override]
+        return self._core.get_write_buffer_limits()[0]  # type: ignore[no-any-return]
+
+    @property
+    def _closing(self) -> bool:
+        return self._core.is_closing()  # type: ignore[no-any-return]
+
+    @property
+    def _conn_lost(self) -> int:
+        return self._core._conn_lost  # type: ignore[no-any-return]
+
+    @property
+    def _eof(self) -> bool:
+        return self._core._eof  # type: ignore[no-any-return]
+
+    def _make_empty_waiter(self) -> futures.Future[None]:
+        return self._core._make_empty_waiter()  # type: ignore[no-any-return]
+
+    def _reset_empty_waiter(self) -> None:
+        self._core._reset_empty_waiter()
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        self._core._fatal_error(exc, message)
+
+
+class NativeTransports:
+    """The transport factories CPython's connection code calls on its loop."""
+
+    __slots__ = ()
+
+    def _make_socket_transport(
+        self,
+        sock: socket.socket,
+        protocol: protocols.BaseProtocol,
+        waiter: futures.Future[None] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: base_events.Server | None = None,
+    ) -> SocketTransport:
+        return SocketTransport(self, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
+
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: protocols.BaseProtocol,
+        sslcontext: ssl.SSLContext,
+        waiter: futures.Future[None] | None = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: base_events.Server | None = None,
+        ssl_handshake_timeout: float = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> transports.Transport:
+        # TLS is CPython's own SSLProtocol (the user's SSLContext, its memory BIOs) on top of a
+        # native socket transport.
+        timeouts: dict[str, float] = {"ssl_handshake_timeout": ssl_handshake_timeout}
+        if sys.version_info >= (3, 11):
+            timeouts["ssl_shutdown_timeout"] = ssl_shutdown_timeout
+        ssl_protocol = sslproto.SSLProtocol(
+            self,  # type: ignore[arg-type]
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            **timeouts,
+        )
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)  # type: ignore[arg-type]
+        return ssl_protocol._app_transport

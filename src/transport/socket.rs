@@ -1,0 +1,971 @@
+//! `SocketCore`: the native core of a stream socket transport (TCP and Unix sockets).
+//!
+//! It follows asyncio's `_SelectorSocketTransport` step for step, so programs see the same
+//! order of protocol callbacks, the same errors and the same close sequence:
+//!
+//! - reading: on each readable turn, one `recv()` of up to 256 KiB into a per-thread buffer and
+//!   one `data_received(bytes)`, or for a `BufferedProtocol`, `get_buffer(-1)`, a `recv()`
+//!   straight into the protocol's buffer and `buffer_updated(n)`; end of stream calls
+//!   `eof_received()`, whose true result keeps the transport open for writing (half-close).
+//! - writing: `write()` tries to send at once; what the kernel does not take is buffered (see
+//!   `write_buffer`) and sent when the socket is writable, in one vectored `sendmsg()`. The
+//!   protocol's `pause_writing()`/`resume_writing()` are called at the high and low water marks.
+//! - closing: `close()` stops reading and calls `connection_lost(None)` once the buffer is sent;
+//!   errors and `abort()` drop the buffer and call `connection_lost(exc)`. Either way exactly
+//!   once, on a later turn, after which the socket is closed.
+
+use super::write_buffer::{Shared, WriteBuffer, MAX_IOVECS, SHARE_THRESHOLD};
+use super::{is_fatal, is_os_error, is_retry, logger, report, with_buffer, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use crate::errors::os_error;
+use crate::event_loop::{closed_error, LoopBase, Side};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+
+/// Bytes read per `recv()` (asyncio's `max_size`).
+const MAX_READ: usize = 256 * 1024;
+/// asyncio's default high-water mark; the low one is a quarter of the high one.
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+thread_local! {
+    /// The buffer plain protocols' data is received into before it is copied into `bytes`.
+    /// One per thread suffices: a read finishes (and copies out) before any Python code runs.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
+}
+
+/// An immutable `bytes` object queued by reference, from `offset` on.
+pub struct SharedBytes {
+    owner: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the pointed-to bytes belong to an immutable `bytes` object kept alive by `owner`; they
+// are only read, and only while the core is borrowed under the GIL.
+unsafe impl Send for SharedBytes {}
+unsafe impl Sync for SharedBytes {}
+
+impl Shared for SharedBytes {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: see the Send impl; `ptr..ptr+len` lies within the owner's data.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// What a read delivers to.
+enum Reader {
+    /// `protocol.data_received`.
+    Data(Py<PyAny>),
+    /// A `BufferedProtocol`'s `get_buffer` and `buffer_updated`.
+    Buffered(Py<PyAny>, Py<PyAny>),
+}
+
+#[pyclass(module = "ferroloop._ferroloop")]
+#[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, kept one for one
+pub struct SocketCore {
+    /// `None` once `connection_lost` has been called, as asyncio's transports drop `_loop`.
+    event_loop: Option<Py<LoopBase>>,
+    fd: RawFd,
+    sock: Option<Py<PyAny>>,
+    /// The `asyncio.Transport` the protocol sees (passed to exception handlers).
+    transport: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    /// The protocol's read callbacks, looked up once per `set_protocol` (as uvloop does); `None`
+    /// when the protocol lacks them, so the `AttributeError` surfaces at the first read.
+    reader: Option<Reader>,
+    buffered: bool,
+    server: Option<Py<PyAny>>,
+    /// The future `sendfile()` waits on until the write buffer is empty.
+    empty_waiter: Option<Py<PyAny>>,
+    buffer: WriteBuffer<SharedBytes>,
+    high_water: usize,
+    low_water: usize,
+    protocol_paused: bool,
+    protocol_connected: bool,
+    /// Counts `connection_lost` scheduling plus writes after it, as asyncio's `_conn_lost`.
+    conn_lost: u32,
+    closing: bool,
+    /// `pause_reading()` is in effect.
+    paused: bool,
+    /// `write_eof()` was called.
+    eof: bool,
+    /// Whether the loop has our reader / writer installed (for `repr`).
+    reading: bool,
+    writing: bool,
+}
+
+/// What `write()` did with its data.
+enum WriteOutcome {
+    Done,
+    Failed(io::Error),
+    Buffered { add_writer: bool },
+}
+
+/// One `recv()` outcome.
+enum Received<'py> {
+    Data(Bound<'py, PyBytes>),
+    Eof,
+    NotReady,
+    Failed(io::Error),
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn recv_bytes(py: Python<'_>, fd: RawFd) -> Received<'_> {
+    let outcome = READ_BUFFER.with(|cell| {
+        if let Ok(mut buf) = cell.try_borrow_mut() {
+            recv(fd, &mut buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+        } else {
+            // Not reachable (no Python code runs while it is borrowed); a fresh buffer is correct.
+            let mut buf = vec![0; MAX_READ];
+            recv(fd, &mut buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+        }
+    });
+    match outcome {
+        Ok(Some(data)) => Received::Data(data),
+        Ok(None) => Received::Eof,
+        Err(err) if is_retry(&err) => Received::NotReady,
+        Err(err) => Received::Failed(err),
+    }
+}
+
+/// `recv()` into the writable buffer `target` (a `BufferedProtocol`'s), as `sock.recv_into()`.
+fn recv_into(target: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<io::Result<usize>> {
+    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+    // SAFETY: the view is initialised on success and released before returning; no Python code
+    // runs while it is held.
+    unsafe {
+        if ffi::PyObject_GetBuffer(target.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) != 0 {
+            return Err(PyErr::fetch(target.py()));
+        }
+        let mut view = view.assume_init();
+        let len = usize::try_from(view.len).unwrap_or(0);
+        let n = libc::recv(fd, view.buf, len, 0);
+        let result = if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        };
+        ffi::PyBuffer_Release(&raw mut view);
+        Ok(result)
+    }
+}
+
+fn send_slices(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; the slices outlive the call.
+    let n = unsafe {
+        if slices.len() == 1 {
+            libc::send(fd, slices[0].as_ptr().cast(), slices[0].len(), libc::MSG_NOSIGNAL)
+        } else {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = slices.as_ptr().cast_mut().cast();
+            msg.msg_iovlen = slices.len() as _;
+            libc::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL)
+        }
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn shutdown_write(fd: RawFd) -> PyResult<()> {
+    // SAFETY: shutdown has no memory preconditions.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        return Err(os_error(&io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+impl SocketCore {
+    fn is_reading_now(&self) -> bool {
+        !self.closing && !self.paused
+    }
+
+    fn debug(&self, py: Python<'_>) -> bool {
+        self.event_loop.as_ref().is_some_and(|l| l.borrow(py).debug_enabled())
+    }
+
+    fn ref_of(py: Python<'_>, obj: Option<&Py<PyAny>>) -> Option<Py<PyAny>> {
+        obj.map(|o| o.clone_ref(py))
+    }
+
+    /// Installs our reader or writer in the loop.
+    fn watch(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
+        let py = slf.py();
+        let (event_loop, fd) = {
+            let s = slf.borrow();
+            (s.event_loop.as_ref().map(|l| l.clone_ref(py)), s.fd)
+        };
+        let event_loop = event_loop.ok_or_else(closed_error)?;
+        let callback = match side {
+            Side::Read => slf.getattr(intern!(py, "_read_ready"))?,
+            Side::Write => slf.getattr(intern!(py, "_write_ready"))?,
+        };
+        LoopBase::watch_fd(event_loop.bind(py), fd, side, callback, PyTuple::empty(py))?;
+        let mut s = slf.borrow_mut();
+        match side {
+            Side::Read => s.reading = true,
+            Side::Write => s.writing = true,
+        }
+        Ok(())
+    }
+
+    fn unwatch(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
+        let py = slf.py();
+        let (event_loop, fd) = {
+            let mut s = slf.borrow_mut();
+            match side {
+                Side::Read => s.reading = false,
+                Side::Write => s.writing = false,
+            }
+            (s.event_loop.as_ref().map(|l| l.clone_ref(py)), s.fd)
+        };
+        if let Some(event_loop) = event_loop {
+            LoopBase::unwatch_fd(event_loop.bind(py), fd, side)?;
+        }
+        Ok(())
+    }
+
+    fn call_soon(slf: &Bound<'_, Self>, method: &Bound<'_, pyo3::types::PyString>, arg: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let event_loop = slf.borrow().event_loop.as_ref().map(|l| l.clone_ref(py));
+        let event_loop = event_loop.ok_or_else(closed_error)?;
+        let callback = slf.getattr(method)?;
+        LoopBase::schedule(
+            event_loop.bind(py),
+            "call_soon",
+            callback,
+            PyTuple::new(py, [arg])?,
+            None,
+            false,
+        )?;
+        Ok(())
+    }
+
+    /// Logs `message` at debug level with the transport as the first argument, when the loop is
+    /// in debug mode (asyncio's transports do the same).
+    fn log_debug(slf: &Bound<'_, Self>, format: &str, extra: Option<(&str, &Bound<'_, PyAny>)>) -> PyResult<()> {
+        let py = slf.py();
+        let transport = {
+            let s = slf.borrow();
+            if !s.debug(py) {
+                return Ok(());
+            }
+            Self::ref_of(py, s.transport.as_ref())
+        };
+        match extra {
+            None => logger(py)?.call_method1(intern!(py, "debug"), (format, transport))?,
+            Some((message, exc)) => {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(intern!(py, "exc_info"), exc)?;
+                logger(py)?.call_method(intern!(py, "debug"), (format, transport, message), Some(&kwargs))?
+            }
+        };
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`: report (OS errors only in debug mode), then force-close.
+    fn fail(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_fatal(py, &exc) {
+            return Err(exc);
+        }
+        let exc = exc.into_value(py).into_any();
+        Self::fatal_error(slf, exc.bind(py), message)
+    }
+
+    fn fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_os_error(exc) {
+            Self::log_debug(slf, "%r: %s", Some((message, exc)))?;
+        } else {
+            let (event_loop, transport, protocol) = {
+                let s = slf.borrow();
+                (
+                    s.event_loop.as_ref().map(|l| l.clone_ref(py)),
+                    Self::ref_of(py, s.transport.as_ref()),
+                    Self::ref_of(py, s.protocol.as_ref()),
+                )
+            };
+            if let Some(event_loop) = event_loop {
+                report(event_loop.bind(py), message, exc, transport.as_ref(), protocol.as_ref())?;
+            }
+        }
+        Self::force_close(slf, Some(exc.clone().unbind()))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let (had_buffer, was_closing, released) = {
+            let mut s = slf.borrow_mut();
+            if s.conn_lost > 0 {
+                return Ok(());
+            }
+            let had_buffer = !s.buffer.is_empty();
+            let released = s.buffer.clear();
+            let was_closing = s.closing;
+            s.closing = true;
+            s.conn_lost += 1;
+            (had_buffer, was_closing, released)
+        };
+        drop(released);
+        if had_buffer {
+            Self::unwatch(slf, Side::Write)?;
+        }
+        if !was_closing {
+            Self::unwatch(slf, Side::Read)?;
+        }
+        Self::call_soon(slf, intern!(py, "_call_connection_lost"), exc.unwrap_or_else(|| py.None()))
+    }
+
+    /// `protocol.pause_writing()` once the buffer is above the high-water mark.
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut s = slf.borrow_mut();
+            if s.buffer.len() <= s.high_water || s.protocol_paused {
+                return Ok(());
+            }
+            s.protocol_paused = true;
+            Self::ref_of(py, s.protocol.as_ref())
+        };
+        if let Some(protocol) = protocol {
+            if let Err(err) = protocol.call_method0(py, intern!(py, "pause_writing")) {
+                Self::report_flow_error(slf, err, "protocol.pause_writing() failed")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `protocol.resume_writing()` once the buffer is down to the low-water mark.
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut s = slf.borrow_mut();
+            if !s.protocol_paused || s.buffer.len() > s.low_water {
+                return Ok(());
+            }
+            s.protocol_paused = false;
+            Self::ref_of(py, s.protocol.as_ref())
+        };
+        if let Some(protocol) = protocol {
+            if let Err(err) = protocol.call_method0(py, intern!(py, "resume_writing")) {
+                Self::report_flow_error(slf, err, "protocol.resume_writing() failed")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn report_flow_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_fatal(py, &err) {
+            return Err(err);
+        }
+        let (event_loop, transport, protocol) = {
+            let s = slf.borrow();
+            (
+                s.event_loop.as_ref().map(|l| l.clone_ref(py)),
+                Self::ref_of(py, s.transport.as_ref()),
+                Self::ref_of(py, s.protocol.as_ref()),
+            )
+        };
+        if let Some(event_loop) = event_loop {
+            let exc = err.into_value(py);
+            report(event_loop.bind(py), message, exc.bind(py), transport.as_ref(), protocol.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        Self::log_debug(slf, "%r received EOF", None)?;
+        let protocol = Self::ref_of(py, slf.borrow().protocol.as_ref());
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        let keep_open = match protocol.call_method0(py, intern!(py, "eof_received")) {
+            Ok(result) => result.is_truthy(py)?,
+            Err(err) => return Self::fail(slf, err, "Fatal error: protocol.eof_received() call failed."),
+        };
+        if keep_open {
+            // The protocol may still write; there is nothing more to read.
+            Self::unwatch(slf, Side::Read)
+        } else {
+            Self::close(slf)
+        }
+    }
+
+    /// The read callbacks of the current protocol (new references).
+    fn reader(&self, py: Python<'_>) -> PyResult<Reader> {
+        match &self.reader {
+            Some(Reader::Data(f)) => Ok(Reader::Data(f.clone_ref(py))),
+            Some(Reader::Buffered(g, u)) => Ok(Reader::Buffered(g.clone_ref(py), u.clone_ref(py))),
+            None => {
+                // The protocol lacks its callbacks: look them up again, to raise asyncio's error.
+                let protocol = self.protocol.as_ref().map_or_else(|| py.None(), |p| p.clone_ref(py));
+                let protocol = protocol.bind(py);
+                if self.buffered {
+                    Ok(Reader::Buffered(
+                        protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
+                        protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
+                    ))
+                } else {
+                    Ok(Reader::Data(protocol.getattr(intern!(py, "data_received"))?.unbind()))
+                }
+            }
+        }
+    }
+
+    fn read_into_protocol_buffer(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        get_buffer: &Py<PyAny>,
+        buffer_updated: &Py<PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let target = match get_buffer.call1(py, (-1,)).and_then(|buf| {
+            if buf.bind(py).len()? == 0 {
+                return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
+            }
+            Ok(buf)
+        }) {
+            Ok(buf) => buf,
+            Err(err) => return Self::fail(slf, err, "Fatal error: protocol.get_buffer() call failed."),
+        };
+        let n = match recv_into(target.bind(py), fd) {
+            Ok(Ok(n)) => n,
+            Ok(Err(err)) if is_retry(&err) => return Ok(()),
+            Ok(Err(err)) => return Self::fail(slf, os_error(&err), "Fatal read error on socket transport"),
+            Err(err) => return Self::fail(slf, err, "Fatal read error on socket transport"),
+        };
+        drop(target);
+        if n == 0 {
+            return Self::on_eof(slf);
+        }
+        if let Err(err) = buffer_updated.call1(py, (n,)) {
+            return Self::fail(slf, err, "Fatal error: protocol.buffer_updated() call failed.");
+        }
+        Ok(())
+    }
+
+    /// Queues `data[sent..]` (of the object `data`) after a partial or skipped send.
+    fn buffer_rest(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, bytes: &[u8], sent: usize) {
+        let rest = &bytes[sent..];
+        match data.cast_exact::<PyBytes>() {
+            Ok(owner) if rest.len() >= SHARE_THRESHOLD => self.buffer.push_shared(SharedBytes {
+                owner: owner.clone().unbind(),
+                ptr: rest.as_ptr(),
+                len: rest.len(),
+            }),
+            _ => {
+                let _ = py;
+                self.buffer.push_copy(rest);
+            }
+        }
+    }
+
+    /// What `write()` does with `data` once it is known to be bytes-like and non-empty.
+    fn write_bytes(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let outcome = {
+            let mut s = slf.borrow_mut();
+            let fd = s.fd;
+            with_buffer(data, |bytes| {
+                if bytes.is_empty() {
+                    return WriteOutcome::Done;
+                }
+                let add_writer = s.buffer.is_empty();
+                let mut sent = 0;
+                if add_writer {
+                    // Nothing queued: try to send at once (the common case).
+                    match send_slices(fd, &[IoSlice::new(bytes)]) {
+                        Ok(n) if n == bytes.len() => return WriteOutcome::Done,
+                        Ok(n) => sent = n,
+                        Err(err) if is_retry(&err) => {}
+                        Err(err) => return WriteOutcome::Failed(err),
+                    }
+                }
+                s.buffer_rest(py, data, bytes, sent);
+                WriteOutcome::Buffered { add_writer }
+            })?
+        };
+        match outcome {
+            WriteOutcome::Done => Ok(()),
+            WriteOutcome::Failed(err) => Self::fail(slf, os_error(&err), "Fatal write error on socket transport"),
+            WriteOutcome::Buffered { add_writer } => {
+                if add_writer {
+                    Self::watch(slf, Side::Write)?;
+                }
+                Self::maybe_pause_protocol(slf)
+            }
+        }
+    }
+
+    /// The checks asyncio's `write()` makes before touching the socket. `Ok(false)`: drop the
+    /// data silently (the connection is already lost).
+    fn check_writable(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = slf.py();
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {:?}",
+                data.get_type().name()?.to_string()
+            )));
+        }
+        let warn = {
+            let mut s = slf.borrow_mut();
+            if s.eof {
+                return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            }
+            if s.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
+            }
+            if s.conn_lost == 0 {
+                return Ok(true);
+            }
+            if data.len()? == 0 {
+                return Ok(false);
+            }
+            let warn = s.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+            s.conn_lost += 1;
+            warn
+        };
+        if warn {
+            logger(py)?.call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
+        }
+        Ok(false)
+    }
+}
+
+#[pymethods]
+impl SocketCore {
+    #[new]
+    #[pyo3(signature = (event_loop, sock, fd, transport, server=None))]
+    fn py_new(
+        event_loop: &Bound<'_, PyAny>,
+        sock: Py<PyAny>,
+        fd: RawFd,
+        transport: Py<PyAny>,
+        server: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let event_loop = event_loop.cast::<LoopBase>()?.clone().unbind();
+        Ok(SocketCore {
+            event_loop: Some(event_loop),
+            fd,
+            sock: Some(sock),
+            transport: Some(transport),
+            protocol: None,
+            reader: None,
+            buffered: false,
+            server,
+            empty_waiter: None,
+            buffer: WriteBuffer::default(),
+            high_water: DEFAULT_HIGH_WATER,
+            low_water: DEFAULT_HIGH_WATER / 4,
+            protocol_paused: false,
+            protocol_connected: false,
+            conn_lost: 0,
+            closing: false,
+            paused: false,
+            eof: false,
+            reading: false,
+            writing: false,
+        })
+    }
+
+    fn set_protocol(&mut self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = protocol.py();
+        let buffered_class = BUFFERED_PROTOCOL.import(py, "asyncio.protocols", "BufferedProtocol")?;
+        self.buffered = protocol.is_instance(buffered_class)?;
+        self.reader = if self.buffered {
+            match (
+                protocol.getattr(intern!(py, "get_buffer")),
+                protocol.getattr(intern!(py, "buffer_updated")),
+            ) {
+                (Ok(g), Ok(u)) => Some(Reader::Buffered(g.unbind(), u.unbind())),
+                _ => None,
+            }
+        } else {
+            protocol
+                .getattr(intern!(py, "data_received"))
+                .ok()
+                .map(|f| Reader::Data(f.unbind()))
+        };
+        self.protocol = Some(protocol.clone().unbind());
+        self.protocol_connected = true;
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        Self::ref_of(py, self.protocol.as_ref())
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if Self::check_writable(slf, data)? {
+            Self::write_bytes(slf, data)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every buffer of `list_of_data`, as asyncio's `b''.join()` + `write()` does, but
+    /// without the join: each piece goes to the same send or buffer.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        // Join first, as asyncio does: a bad item raises before anything is written.
+        let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+        Self::write(slf, &joined)
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let (fd, now) = {
+            let mut s = slf.borrow_mut();
+            if s.closing || s.eof {
+                return Ok(());
+            }
+            s.eof = true;
+            (s.fd, s.buffer.is_empty())
+        };
+        if now {
+            shutdown_write(fd)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::unused_self)]
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    fn is_reading(&self) -> bool {
+        self.is_reading_now()
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut s = slf.borrow_mut();
+            if !s.is_reading_now() {
+                return Ok(());
+            }
+            s.paused = true;
+        }
+        Self::unwatch(slf, Side::Read)?;
+        Self::log_debug(slf, "%r pauses reading", None)
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut s = slf.borrow_mut();
+            if s.closing || !s.paused {
+                return Ok(());
+            }
+            s.paused = false;
+        }
+        Self::_start_reading(slf)?;
+        Self::log_debug(slf, "%r resumes reading", None)
+    }
+
+    /// Installs the reader unless reading is paused or the transport is closing (asyncio's
+    /// transport `_add_reader`).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.borrow().is_reading_now() {
+            Self::watch(slf, Side::Read)?;
+        }
+        Ok(())
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut s = slf.borrow_mut();
+            if s.closing {
+                return Ok(());
+            }
+            s.closing = true;
+        }
+        Self::unwatch(slf, Side::Read)?;
+        let lose_now = {
+            let mut s = slf.borrow_mut();
+            let empty = s.buffer.is_empty();
+            if empty {
+                s.conn_lost += 1;
+            }
+            empty
+        };
+        if lose_now {
+            Self::unwatch(slf, Side::Write)?;
+            Self::call_soon(slf, intern!(py, "_call_connection_lost"), py.None())?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::force_close(slf, exc.filter(|e| !e.is_none(slf.py())))
+    }
+
+    #[pyo3(signature = (exc, message = "Fatal error on transport"))]
+    fn _fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        Self::fatal_error(slf, exc, message)
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.buffer.len()
+    }
+
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        (self.low_water, self.high_water)
+    }
+
+    /// Sets the water marks (already validated by the Python side) and pauses the protocol if
+    /// the buffer is now above the high one.
+    fn _set_write_buffer_limits(slf: &Bound<'_, Self>, high: usize, low: usize) -> PyResult<()> {
+        {
+            let mut s = slf.borrow_mut();
+            s.high_water = high;
+            s.low_water = low;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// The loop's reader callback: one read, delivered to the protocol.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (fd, reader) = {
+            let s = slf.borrow();
+            if s.conn_lost > 0 {
+                return Ok(());
+            }
+            (s.fd, s.reader(py))
+        };
+        let reader = match reader {
+            Ok(reader) => reader,
+            Err(err) => return Self::fail(slf, err, "Fatal error: protocol.data_received() call failed."),
+        };
+        match reader {
+            Reader::Data(data_received) => match recv_bytes(py, fd) {
+                Received::Data(data) => {
+                    if let Err(err) = data_received.call1(py, (data,)) {
+                        return Self::fail(slf, err, "Fatal error: protocol.data_received() call failed.");
+                    }
+                    Ok(())
+                }
+                Received::Eof => Self::on_eof(slf),
+                Received::NotReady => Ok(()),
+                Received::Failed(err) => Self::fail(slf, os_error(&err), "Fatal read error on socket transport"),
+            },
+            Reader::Buffered(get_buffer, buffer_updated) => {
+                Self::read_into_protocol_buffer(slf, fd, &get_buffer, &buffer_updated)
+            }
+        }
+    }
+
+    /// The loop's writer callback: send as much of the buffer as the socket takes.
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let sent = {
+            let s = slf.borrow();
+            if s.conn_lost > 0 || s.buffer.is_empty() {
+                return Ok(());
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = s.buffer.io_slices(&mut slices);
+            send_slices(s.fd, &slices[..n])
+        };
+        match sent {
+            Err(err) if is_retry(&err) => Ok(()),
+            Err(err) => {
+                Self::unwatch(slf, Side::Write)?;
+                let released = slf.borrow_mut().buffer.clear();
+                drop(released);
+                let exc = os_error(&err).into_value(py).into_any();
+                Self::fatal_error(slf, exc.bind(py), "Fatal write error on socket transport")?;
+                let waiter = Self::ref_of(py, slf.borrow().empty_waiter.as_ref());
+                if let Some(waiter) = waiter {
+                    waiter.call_method1(py, intern!(py, "set_exception"), (exc,))?;
+                }
+                Ok(())
+            }
+            Ok(n) => {
+                let released = slf.borrow_mut().buffer.consume(n);
+                drop(released);
+                // May write more (into the buffer).
+                Self::maybe_resume_protocol(slf)?;
+                let (empty, waiter, closing, eof, fd) = {
+                    let s = slf.borrow();
+                    (
+                        s.buffer.is_empty(),
+                        Self::ref_of(py, s.empty_waiter.as_ref()),
+                        s.closing,
+                        s.eof,
+                        s.fd,
+                    )
+                };
+                if !empty {
+                    return Ok(());
+                }
+                Self::unwatch(slf, Side::Write)?;
+                if let Some(waiter) = waiter {
+                    waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
+                }
+                if closing {
+                    Self::_call_connection_lost(slf, py.None())?;
+                } else if eof {
+                    shutdown_write(fd)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls `protocol.connection_lost(exc)` (once), then closes the socket and lets go of the
+    /// protocol, the loop and the server.
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let (protocol, connected) = {
+            let s = slf.borrow();
+            (Self::ref_of(py, s.protocol.as_ref()), s.protocol_connected)
+        };
+        let lost = match protocol.filter(|_| connected) {
+            Some(protocol) => protocol.call_method1(py, intern!(py, "connection_lost"), (exc,)).map(drop),
+            None => Ok(()),
+        };
+        let (sock, server, waiter, released) = {
+            let mut s = slf.borrow_mut();
+            s.protocol = None;
+            s.reader = None;
+            s.event_loop = None;
+            (s.sock.take(), s.server.take(), s.empty_waiter.take(), s.buffer.clear())
+        };
+        drop(released);
+        let closed = sock.map_or(Ok(()), |sock| sock.call_method0(py, intern!(py, "close")).map(drop));
+        let detached = server.map_or(Ok(()), |server| server.call_method0(py, intern!(py, "_detach")).map(drop));
+        if let Some(waiter) = waiter {
+            let error = PyConnectionError::new_err("Connection is closed by peer").into_value(py);
+            waiter.call_method1(py, intern!(py, "set_exception"), (error,))?;
+        }
+        // The transport is no longer needed by anything the loop holds; break the cycle.
+        let transport = slf.borrow_mut().transport.take();
+        drop(transport);
+        lost.and(closed).and(detached)
+    }
+
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let (event_loop, empty) = {
+            let s = slf.borrow();
+            if s.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+            }
+            (s.event_loop.as_ref().map(|l| l.clone_ref(py)), s.buffer.is_empty())
+        };
+        let event_loop = event_loop.ok_or_else(closed_error)?;
+        let waiter = event_loop.bind(py).call_method0(intern!(py, "create_future"))?;
+        if empty {
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        slf.borrow_mut().empty_waiter = Some(waiter.clone().unbind());
+        Ok(waiter.unbind())
+    }
+
+    fn _reset_empty_waiter(&mut self) {
+        self.empty_waiter = None;
+    }
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        Self::ref_of(py, self.sock.as_ref())
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Option<Py<LoopBase>> {
+        self.event_loop.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    #[getter]
+    fn _server(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        Self::ref_of(py, self.server.as_ref())
+    }
+
+    #[getter]
+    fn _protocol_paused(&self) -> bool {
+        self.protocol_paused
+    }
+
+    #[getter]
+    fn _conn_lost(&self) -> u32 {
+        self.conn_lost
+    }
+
+    #[getter]
+    fn _eof(&self) -> bool {
+        self.eof
+    }
+
+    #[getter]
+    fn _reader_installed(&self) -> bool {
+        self.reading
+    }
+
+    #[getter]
+    fn _writer_installed(&self) -> bool {
+        self.writing
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.sock)?;
+        visit.call(&self.transport)?;
+        visit.call(&self.protocol)?;
+        match &self.reader {
+            Some(Reader::Data(f)) => visit.call(f)?,
+            Some(Reader::Buffered(g, u)) => {
+                visit.call(g)?;
+                visit.call(u)?;
+            }
+            None => {}
+        }
+        visit.call(&self.server)?;
+        visit.call(&self.empty_waiter)?;
+        for shared in self.buffer.shared() {
+            visit.call(&shared.owner)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.event_loop = None;
+        self.sock = None;
+        self.transport = None;
+        self.protocol = None;
+        self.reader = None;
+        self.server = None;
+        self.empty_waiter = None;
+        drop(self.buffer.clear());
+    }
+}
