@@ -527,8 +527,8 @@ impl SocketCore {
             || data.is_instance_of::<PyMemoryView>())
         {
             return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {:?}",
-                data.get_type().name()?.to_string()
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
             )));
         }
         let warn = {

@@ -1,0 +1,308 @@
+"""Network benchmarks of asyncio event loops, side by side in one run.
+
+Echo servers in three modes (``sock_*`` calls, asyncio streams, a ``Protocol``) over TCP and
+Unix sockets with 1, 10 and 100 KiB messages, and an HTTP/1.1 keep-alive server, each run on
+every loop under test (``bench/net_server.py``). The load comes from a client that is the same
+for every loop and is not an event loop: ``bench/echo-client`` (Rust, std only; built here with
+cargo) for echo, and ``wrk`` for HTTP.
+
+For every sample the server runs in a fresh process; the report gives the median throughput
+per loop and row, the server's CPU time over the measured window (from /proc), and the ratios of
+the subject loop to the others, in throughput and in work per server CPU-second. Samples are
+interleaved round robin across loops, as in micro.py, so drift hits every loop alike.
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SERVER = HERE / "net_server.py"
+CLIENT_DIR = HERE / "echo-client"
+CLIENT = CLIENT_DIR / "target" / "release" / "echo-client"
+
+DEFAULT_LOOPS = "ferroloop=ferroloop:new_event_loop,asyncio=asyncio:new_event_loop,uvloop=uvloop:new_event_loop"
+DEFAULT_SUBJECT = "ferroloop"
+MODES = ("sock", "streams", "protocol")
+FAMILIES = ("tcp", "unix")
+SIZES = (1024, 10 * 1024, 100 * 1024)
+CONNS = 10
+HTTP_CONNS = 50
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Row:
+    group: str  # "echo-sock", "echo-streams", "echo-protocol", "http"
+    mode: str
+    family: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        if self.mode == "http":
+            return "http keep-alive (wrk)"
+        return f"{self.mode} {self.family} {self.size // 1024}KiB"
+
+
+@dataclass
+class Sample:
+    row: str
+    loop: str
+    k: int
+    ok: bool
+    per_second: float = 0.0  # round trips (echo) or requests (http) per second
+    cpu_seconds: float = 0.0  # server CPU over the measured window
+    wall_seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.per_second * self.wall_seconds / self.cpu_seconds if self.cpu_seconds else math.nan
+
+
+def all_rows() -> list[Row]:
+    rows = [Row(f"echo-{m}", m, f, s) for m in MODES for f in FAMILIES for s in SIZES]
+    rows.append(Row("http", "http", "tcp", 0))
+    return rows
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class Server:
+    """One net_server.py process, listening."""
+
+    def __init__(self, spec: str, mode: str, family: str, tmpdir: str) -> None:
+        address = f"unix:{tmpdir}/echo.sock" if family == "unix" else "tcp:127.0.0.1:0"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVER), spec, mode, address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "READY":
+            self.stop()
+            raise RuntimeError(f"server did not start: {self.error_text()}")
+        self.address = line[1]
+
+    def error_text(self) -> str:
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        return err.strip().splitlines()[-1] if err.strip() else f"exit {self.proc.returncode}"
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_echo(server: Server, row: Row, seconds: float, warmup: float) -> tuple[float, float, float]:
+    client = subprocess.Popen(
+        [str(CLIENT), server.address, "--conns", str(CONNS), "--size", str(row.size)]
+        + ["--seconds", str(seconds), "--warmup", str(warmup)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    cpu_start = cpu_stop = None
+    result = None
+    for line in client.stdout:
+        if line.startswith("START"):
+            cpu_start = server.cpu()
+        elif line.startswith("STOP"):
+            cpu_stop = server.cpu()
+        elif line.startswith("{"):
+            result = json.loads(line)
+    client.wait(timeout=30)
+    if client.returncode or result is None or cpu_start is None or cpu_stop is None:
+        raise RuntimeError(f"client failed: {client.stderr.read().strip() if client.stderr else ''}")
+    return result["messages"] / result["seconds"], cpu_stop - cpu_start, result["seconds"]
+
+
+WRK_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
+
+
+def run_wrk(server: Server, seconds: float, warmup: float) -> tuple[float, float, float]:
+    url = "http://" + server.address.removeprefix("tcp:") + "/"
+    base = ["wrk", "-t1", f"-c{HTTP_CONNS}"]
+    # wrk takes whole seconds only.
+    subprocess.run([*base, f"-d{max(1, round(warmup))}s", url], capture_output=True, check=True, timeout=60)
+    cpu_start, started = server.cpu(), time.monotonic()
+    done = subprocess.run(
+        [*base, f"-d{max(1, round(seconds))}s", url], capture_output=True, text=True, check=True, timeout=60
+    )
+    cpu_stop, wall = server.cpu(), time.monotonic() - started
+    match = WRK_RPS.search(done.stdout)
+    if not match or "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
+        raise RuntimeError(f"wrk failed: {done.stdout.strip()}")
+    return float(match.group(1)), cpu_stop - cpu_start, wall
+
+
+def run_sample(spec: str, row: Row, seconds: float, warmup: float, tmpdir: str) -> tuple[float, float, float]:
+    server = Server(spec, row.mode, row.family, tmpdir)
+    try:
+        if row.mode == "http":
+            return run_wrk(server, seconds, warmup)
+        return run_echo(server, row, seconds, warmup)
+    finally:
+        server.stop()
+
+
+def build_client() -> None:
+    if shutil.which("cargo") is None:
+        raise SystemExit("cargo is needed to build bench/echo-client")
+    subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(CLIENT_DIR / "Cargo.toml")],
+        check=True,
+    )
+
+
+def loop_available(spec: str) -> str:
+    module = spec.partition(":")[0]
+    probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    return "" if probe.returncode == 0 else (probe.stderr.strip().splitlines() or ["import failed"])[-1]
+
+
+def geomean(values: list[float]) -> float:
+    values = [v for v in values if v > 0 and not math.isnan(v)]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
+
+
+def fmt_rate(x: float) -> str:
+    if math.isnan(x):
+        return "-"
+    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+
+
+def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample], args) -> tuple[str, bool]:
+    med: dict[tuple[str, str], tuple[float, float]] = {}
+    failed = False
+    for row in rows:
+        for name in loops:
+            ok = [s for s in samples if s.row == row.name and s.loop == name and s.ok]
+            if not ok:
+                med[row.name, name] = (math.nan, math.nan)
+                failed = True
+                continue
+            med[row.name, name] = (
+                statistics.median(s.per_second for s in ok),
+                statistics.median(s.per_cpu_second for s in ok),
+            )
+    others = [n for n in loops if n != subject]
+    head = ["row", *[f"{n} /s" for n in loops]]
+    head += [f"{subject}/{o}" for o in others]
+    head += [f"{subject}/{o} per CPU-s" for o in others]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    ratios: dict[tuple[str, str, str], list[float]] = {}
+    for row in rows:
+        cells = [row.name] + [fmt_rate(med[row.name, n][0]) for n in loops]
+        for idx, label in ((0, "tput"), (1, "cpu")):
+            for o in others:
+                r = med[row.name, subject][idx] / med[row.name, o][idx]
+                ratios.setdefault((row.group, o, label), []).append(r)
+                cells.append("-" if math.isnan(r) else f"{r:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Geometric means of the ratios per group (throughput / per server CPU-second):")
+    lines.append("")
+    lines.append("| group | " + " | ".join(f"{subject}/{o}" for o in others) + " |")
+    lines.append("|---|" + "---:|" * len(others))
+    for group in dict.fromkeys(r.group for r in rows):
+        cells = [group]
+        for o in others:
+            t, c = geomean(ratios[group, o, "tput"]), geomean(ratios[group, o, "cpu"])
+            cells.append(f"{t:.2f} / {c:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    setup = (
+        f"{len(rows)} rows, {args.repeat} samples per cell, {args.seconds}s measured after {args.warmup}s warm-up; "
+        f"echo: {CONNS} connections (bench/echo-client), http: wrk -t1 -c{HTTP_CONNS}"
+    )
+    return "\n".join([setup, "", *lines]), failed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loops", default=DEFAULT_LOOPS, help="NAME=MODULE:ATTR,... (default: %(default)s)")
+    parser.add_argument("--subject", default=DEFAULT_SUBJECT)
+    parser.add_argument("--rows", help="comma-separated substrings; a row runs if its name contains one")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 1KiB TCP rows, 1 sample, 0.3 s")
+    parser.add_argument("--json", help="write every sample to this path")
+    args = parser.parse_args()
+
+    rows = all_rows()
+    if args.quick:
+        args.repeat, args.seconds, args.warmup = 1, 0.3, 0.1
+        rows = [r for r in rows if r.family == "tcp" and r.size in (0, 1024)]
+    if args.rows:
+        wanted = [w.strip() for w in args.rows.split(",")]
+        rows = [r for r in rows if any(w in r.name for w in wanted)]
+    if any(r.mode == "http" for r in rows) and shutil.which("wrk") is None:
+        print("note: wrk not found (Debian package 'wrk'); HTTP row skipped", file=sys.stderr)
+        rows = [r for r in rows if r.mode != "http"]
+    specs = dict(item.split("=", 1) for item in args.loops.split(","))
+    loops = []
+    for name, spec in specs.items():
+        problem = loop_available(spec)
+        if problem:
+            print(f"note: loop {name} skipped: {problem}", file=sys.stderr)
+        else:
+            loops.append(name)
+    if args.subject not in loops:
+        raise SystemExit(f"subject loop {args.subject!r} is not available")
+    build_client()
+
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for row in rows:
+            for k in range(args.repeat):
+                order = loops[k % len(loops) :] + loops[: k % len(loops)]
+                for name in order:
+                    sample = Sample(row.name, name, k, ok=False)
+                    try:
+                        rate, cpu, wall = run_sample(specs[name], row, args.seconds, args.warmup, tmpdir)
+                        sample.per_second, sample.cpu_seconds, sample.wall_seconds, sample.ok = rate, cpu, wall, True
+                    except (RuntimeError, subprocess.SubprocessError) as exc:
+                        sample.error = str(exc)
+                        print(f"  {row.name} / {name}: FAILED {exc}", file=sys.stderr)
+                    samples.append(sample)
+                    print(f"  {row.name} / {name} #{k}: {fmt_rate(sample.per_second)}/s", file=sys.stderr)
+    text, failed = report(rows, loops, args.subject, samples, args)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([asdict(s) for s in samples], indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

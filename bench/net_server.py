@@ -1,0 +1,151 @@
+"""The servers the network benchmarks measure, run on one event loop in one process.
+
+    python bench/net_server.py LOOP_SPEC MODE ADDRESS
+
+LOOP_SPEC is a loop factory as ``module:attr``; MODE is one of
+
+- ``sock``: ``loop.sock_accept()`` and a task per connection doing ``sock_recv()`` /
+  ``sock_sendall()``;
+- ``streams``: ``asyncio.start_server()`` with ``reader.read()`` / ``writer.write()`` +
+  ``drain()``;
+- ``protocol``: an ``asyncio.Protocol`` whose ``data_received`` writes the data back;
+- ``http``: a minimal HTTP/1.1 keep-alive server as a ``Protocol`` (for wrk).
+
+ADDRESS is ``tcp:HOST:PORT`` (port 0 picks one) or ``unix:PATH``. Once listening, the
+server prints ``READY ADDRESS`` (with the real port) and serves until stdin is closed, so the
+driver's exit always ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import socket
+import sys
+
+READ_SIZE = 256 * 1024
+HTTP_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 13\r\n"
+    b"Connection: keep-alive\r\n"
+    b"\r\n"
+    b"Hello, World!"
+)
+
+
+class EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """Answers every request (headers only, no body) with a fixed response; pipelining works."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.pending = b""
+
+    def data_received(self, data):
+        pending = self.pending + data if self.pending else data
+        count = pending.count(b"\r\n\r\n")
+        if count:
+            self.transport.write(HTTP_RESPONSE * count)
+            pending = pending[pending.rfind(b"\r\n\r\n") + 4 :]
+        self.pending = pending
+
+
+async def echo_with_sock_calls(loop, conn):
+    try:
+        while data := await loop.sock_recv(conn, READ_SIZE):
+            await loop.sock_sendall(conn, data)
+    except ConnectionError:
+        pass
+    finally:
+        conn.close()
+
+
+async def accept_forever(loop, listener):
+    tasks = set()
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        conn.setblocking(False)
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = loop.create_task(echo_with_sock_calls(loop, conn))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+async def echo_with_streams(reader, writer):
+    try:
+        while data := await reader.read(READ_SIZE):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+def listening_socket(address: str) -> socket.socket:
+    if address.startswith("unix:"):
+        path = address[5:]
+        if os.path.exists(path):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+    else:
+        host, port = address.removeprefix("tcp:").rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def describe(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    return f"unix:{name}" if sock.family == socket.AF_UNIX else f"tcp:{name[0]}:{name[1]}"
+
+
+async def serve(mode: str, address: str) -> None:
+    loop = asyncio.get_running_loop()
+    sock = listening_socket(address)
+    if mode == "sock":
+        server_task = loop.create_task(accept_forever(loop, sock))
+    elif mode == "streams":
+        server = await asyncio.start_server(echo_with_streams, sock=sock, limit=READ_SIZE)
+    elif mode in ("protocol", "http"):
+        factory = EchoProtocol if mode == "protocol" else HttpProtocol
+        server = await loop.create_server(factory, sock=sock)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    print("READY", describe(sock), flush=True)
+    # Serve until the driver closes our stdin (or exits).
+    closed = loop.create_future()
+    loop.add_reader(sys.stdin.fileno(), lambda: closed.done() or closed.set_result(None))
+    await closed
+    loop.remove_reader(sys.stdin.fileno())
+    if mode == "sock":
+        server_task.cancel()
+        sock.close()
+    else:
+        server.close()
+
+
+def main() -> None:
+    spec, mode, address = sys.argv[1:4]
+    module, _, attr = spec.partition(":")
+    factory = getattr(importlib.import_module(module), attr)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(mode, address))
+
+
+if __name__ == "__main__":
+    main()
