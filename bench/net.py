@@ -124,8 +124,10 @@ class Server:
 
 def run_echo(server: Server, row: Row, seconds: float, warmup: float) -> tuple[float, float, float]:
     client = subprocess.Popen(
-        [str(CLIENT), server.address, "--conns", str(CONNS), "--size", str(row.size)]
-        + ["--seconds", str(seconds), "--warmup", str(warmup)],
+        [
+            *(str(CLIENT), server.address, "--conns", str(CONNS), "--size", str(row.size)),
+            *("--seconds", str(seconds), "--warmup", str(warmup)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

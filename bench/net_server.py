@@ -26,12 +26,7 @@ import sys
 
 READ_SIZE = 256 * 1024
 HTTP_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"Content-Type: text/plain\r\n"
-    b"Content-Length: 13\r\n"
-    b"Connection: keep-alive\r\n"
-    b"\r\n"
-    b"Hello, World!"
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\nHello, World!"
 )
 
 

@@ -409,7 +409,7 @@ def test_slow_reader_keeps_a_draining_writers_buffer_bounded(loop):
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         high = writer.transport.get_write_buffer_limits()[1]
         for _ in range(count):
             writer.write(chunk)

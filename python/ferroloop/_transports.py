@@ -18,7 +18,7 @@ import sys
 import warnings
 from asyncio import base_events, constants, futures, protocols, sslproto, transports, trsock
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _ferroloop
 
@@ -42,6 +42,7 @@ def _water_marks(high: int | None, low: int | None) -> tuple[int, int]:
 class SocketTransport(transports._FlowControlMixin):
     """A stream socket transport (TCP or Unix) whose reads, writes and buffering are native."""
 
+    _extra: dict[str, Any]
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
@@ -70,14 +71,14 @@ class SocketTransport(transports._FlowControlMixin):
         self._core = core = _ferroloop.SocketCore(loop, sock, self._sock_fd, self, server)
         core.set_protocol(protocol)
         if server is not None:
-            server._attach()
+            server._attach()  # type: ignore[attr-defined]  # asyncio.Server's private API
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
+        base_events._set_nodelay(sock)  # type: ignore[attr-defined]
         loop.call_soon(protocol.connection_made, self)
         # Reading starts only once connection_made() has run.
         loop.call_soon(core._start_reading)
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -104,16 +105,17 @@ class SocketTransport(transports._FlowControlMixin):
     # -- the asyncio.Transport API, answered by the core ----------------------------------------
 
     def get_protocol(self) -> protocols.BaseProtocol:
-        return self._core.get_protocol()  # type: ignore[no-any-return]
+        # None once the connection is lost, as with asyncio's transports.
+        return cast("protocols.BaseProtocol", self._core.get_protocol())
 
     def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
         self._core.set_protocol(protocol)
 
     def is_closing(self) -> bool:
-        return self._core.is_closing()  # type: ignore[no-any-return]
+        return self._core.is_closing()
 
     def is_reading(self) -> bool:
-        return self._core.is_reading()  # type: ignore[no-any-return]
+        return self._core.is_reading()
 
     def pause_reading(self) -> None:
         self._core.pause_reading()
@@ -140,10 +142,10 @@ class SocketTransport(transports._FlowControlMixin):
         self._core.abort()
 
     def get_write_buffer_size(self) -> int:
-        return self._core.get_write_buffer_size()  # type: ignore[no-any-return]
+        return self._core.get_write_buffer_size()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
+        return self._core.get_write_buffer_limits()
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._core._set_write_buffer_limits(*_water_marks(high, low))
@@ -152,46 +154,46 @@ class SocketTransport(transports._FlowControlMixin):
 
     @property
     def _sock(self) -> socket.socket | None:
-        return self._core._sock  # type: ignore[no-any-return]
+        return self._core._sock
 
     @property
-    def _loop(self) -> Loop | None:  # type: ignore[override]
-        return self._core._loop  # type: ignore[no-any-return]
+    def _loop(self) -> Loop | None:
+        return cast("Loop | None", self._core._loop)
 
     @property
     def _protocol(self) -> protocols.BaseProtocol | None:
-        return self._core.get_protocol()  # type: ignore[no-any-return]
+        return self._core.get_protocol()
 
     @property
     def _server(self) -> base_events.Server | None:
-        return self._core._server  # type: ignore[no-any-return]
+        return self._core._server
 
     @property
-    def _protocol_paused(self) -> bool:  # type: ignore[override]
-        return self._core._protocol_paused  # type: ignore[no-any-return]
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
 
     @property
-    def _high_water(self) -> int:  # type: ignore[override]
-        return self._core.get_write_buffer_limits()[1]  # type: ignore[no-any-return]
+    def _high_water(self) -> int:
+        return self._core.get_write_buffer_limits()[1]
 
     @property
-    def _low_water(self) -> int:  # type: ignore[override]
-        return self._core.get_write_buffer_limits()[0]  # type: ignore[no-any-return]
+    def _low_water(self) -> int:
+        return self._core.get_write_buffer_limits()[0]
 
     @property
     def _closing(self) -> bool:
-        return self._core.is_closing()  # type: ignore[no-any-return]
+        return self._core.is_closing()
 
     @property
     def _conn_lost(self) -> int:
-        return self._core._conn_lost  # type: ignore[no-any-return]
+        return self._core._conn_lost
 
     @property
     def _eof(self) -> bool:
-        return self._core._eof  # type: ignore[no-any-return]
+        return self._core._eof
 
     def _make_empty_waiter(self) -> futures.Future[None]:
-        return self._core._make_empty_waiter()  # type: ignore[no-any-return]
+        return self._core._make_empty_waiter()
 
     def _reset_empty_waiter(self) -> None:
         self._core._reset_empty_waiter()
@@ -235,17 +237,27 @@ class NativeTransports:
     ) -> transports.Transport:
         # TLS is CPython's own SSLProtocol (the user's SSLContext, its memory BIOs) on top of a
         # native socket transport.
-        timeouts: dict[str, float] = {"ssl_handshake_timeout": ssl_handshake_timeout}
+        app_waiter = cast("futures.Future[Any]", waiter)
         if sys.version_info >= (3, 11):
-            timeouts["ssl_shutdown_timeout"] = ssl_shutdown_timeout
-        ssl_protocol = sslproto.SSLProtocol(
-            self,  # type: ignore[arg-type]
-            protocol,
-            sslcontext,
-            waiter,
-            server_side,
-            server_hostname,
-            **timeouts,
-        )
+            ssl_protocol = sslproto.SSLProtocol(
+                self,  # type: ignore[arg-type]
+                protocol,
+                sslcontext,
+                app_waiter,
+                server_side,
+                server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]  # typeshed: int
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+        else:  # untested here: Python 3.9 and 3.10 have no shutdown timeout
+            ssl_protocol = sslproto.SSLProtocol(
+                self,  # type: ignore[arg-type]
+                protocol,
+                sslcontext,
+                app_waiter,
+                server_side,
+                server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+            )
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)  # type: ignore[arg-type]
         return ssl_protocol._app_transport
