@@ -332,7 +332,11 @@ impl SocketCore {
         if !was_closing {
             Self::unwatch(slf, Side::Read)?;
         }
-        Self::call_soon(slf, intern!(py, "_call_connection_lost"), exc.unwrap_or_else(|| py.None()))
+        Self::call_soon(
+            slf,
+            intern!(py, "_call_connection_lost"),
+            exc.unwrap_or_else(|| py.None()),
+        )
     }
 
     /// `protocol.pause_writing()` once the buffer is above the high-water mark.
@@ -388,7 +392,13 @@ impl SocketCore {
         };
         if let Some(event_loop) = event_loop {
             let exc = err.into_value(py);
-            report(event_loop.bind(py), message, exc.bind(py), transport.as_ref(), protocol.as_ref())?;
+            report(
+                event_loop.bind(py),
+                message,
+                exc.bind(py),
+                transport.as_ref(),
+                protocol.as_ref(),
+            )?;
         }
         Ok(())
     }
@@ -852,7 +862,9 @@ impl SocketCore {
             (Self::ref_of(py, s.protocol.as_ref()), s.protocol_connected)
         };
         let lost = match protocol.filter(|_| connected) {
-            Some(protocol) => protocol.call_method1(py, intern!(py, "connection_lost"), (exc,)).map(drop),
+            Some(protocol) => protocol
+                .call_method1(py, intern!(py, "connection_lost"), (exc,))
+                .map(drop),
             None => Ok(()),
         };
         let (sock, server, waiter, released) = {
@@ -864,7 +876,9 @@ impl SocketCore {
         };
         drop(released);
         let closed = sock.map_or(Ok(()), |sock| sock.call_method0(py, intern!(py, "close")).map(drop));
-        let detached = server.map_or(Ok(()), |server| server.call_method0(py, intern!(py, "_detach")).map(drop));
+        let detached = server.map_or(Ok(()), |server| {
+            server.call_method0(py, intern!(py, "_detach")).map(drop)
+        });
         if let Some(waiter) = waiter {
             let error = PyConnectionError::new_err("Connection is closed by peer").into_value(py);
             waiter.call_method1(py, intern!(py, "set_exception"), (error,))?;
