@@ -45,7 +45,6 @@ _BORROWED: dict[type, tuple[str, ...]] = {
         "_accept_connection",
         "_accept_connection2",
         "_ensure_fd_no_transport",
-        "_make_datagram_transport",
         "_sendfile_native",
         "_start_serving",
         "_stop_serving",

@@ -8,7 +8,8 @@ flow-control base class), and a native class cannot derive from those Python cla
 per connection and rarely used (extra info, `repr`, the unclosed-transport warning) stays here.
 
 `NativeTransports` is the loop mixin that makes CPython's connection code (`create_connection`,
-`create_server`, `start_tls`, ...) build these transports instead of its own.
+`create_server`, `create_datagram_endpoint`, `start_tls`, ...) build these transports instead of
+its own.
 """
 
 from __future__ import annotations
@@ -39,22 +40,14 @@ def _water_marks(high: int | None, low: int | None) -> tuple[int, int]:
     return high, low
 
 
-class SocketTransport(transports._FlowControlMixin):
-    """A stream socket transport (TCP or Unix) whose reads, writes and buffering are native."""
+class _CoreTransport(transports._FlowControlMixin):
+    """What every transport with a native `SocketCore` shares: the lifecycle, reading, flow
+    control and the private attributes CPython's helpers read."""
 
     _extra: dict[str, Any]
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _core: _ferroloop.SocketCore
 
-    def __init__(
-        self,
-        loop: Loop,
-        sock: socket.socket,
-        protocol: protocols.BaseProtocol,
-        waiter: futures.Future[None] | None = None,
-        extra: dict[str, Any] | None = None,
-        server: base_events.Server | None = None,
-    ) -> None:
+    def _setup(self, loop: Loop, sock: socket.socket, extra: dict[str, Any] | None) -> None:
         # _FlowControlMixin.__init__ is skipped on purpose: the native core keeps the water marks.
         transports.BaseTransport.__init__(self, extra)
         self._extra["socket"] = trsock.TransportSocket(sock)
@@ -68,15 +61,13 @@ class SocketTransport(transports._FlowControlMixin):
             except OSError:
                 self._extra["peername"] = None
         self._sock_fd = sock.fileno()
-        self._core = core = _ferroloop.SocketCore(loop, sock, self._sock_fd, self, server)
-        core.set_protocol(protocol)
-        if server is not None:
-            server._attach()  # type: ignore[attr-defined]  # asyncio.Server's private API
+
+    def _start(self, loop: Loop, protocol: protocols.BaseProtocol, waiter: futures.Future[None] | None) -> None:
+        self._core.set_protocol(protocol)
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)  # type: ignore[attr-defined]
         loop.call_soon(protocol.connection_made, self)
         # Reading starts only once connection_made() has run.
-        loop.call_soon(core._start_reading)
+        loop.call_soon(self._core._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
 
@@ -102,7 +93,7 @@ class SocketTransport(transports._FlowControlMixin):
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             sock.close()
 
-    # -- the asyncio.Transport API, answered by the core ----------------------------------------
+    # -- the asyncio transport API, answered by the core ----------------------------------------
 
     def get_protocol(self) -> protocols.BaseProtocol:
         # None once the connection is lost, as with asyncio's transports.
@@ -123,18 +114,6 @@ class SocketTransport(transports._FlowControlMixin):
     def resume_reading(self) -> None:
         self._core.resume_reading()
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._core.write(data)
-
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        self._core.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._core.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return True
-
     def close(self) -> None:
         self._core.close()
 
@@ -150,7 +129,7 @@ class SocketTransport(transports._FlowControlMixin):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._core._set_write_buffer_limits(*_water_marks(high, low))
 
-    # -- what CPython's loop helpers (sendfile, start_tls) and tests use -------------------------
+    # -- what CPython's loop helpers (sendfile, start_tls) and tests read ------------------------
 
     @property
     def _sock(self) -> socket.socket | None:
@@ -188,6 +167,47 @@ class SocketTransport(transports._FlowControlMixin):
     def _conn_lost(self) -> int:
         return self._core._conn_lost
 
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        self._core._fatal_error(exc, message)
+
+
+class SocketTransport(_CoreTransport):
+    """A stream socket transport (TCP or Unix) whose reads, writes and buffering are native."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        protocol: protocols.BaseProtocol,
+        waiter: futures.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+        server: base_events.Server | None = None,
+    ) -> None:
+        self._setup(loop, sock, extra)
+        self._core = _ferroloop.SocketCore(loop, sock, self._sock_fd, self, server)
+        if server is not None:
+            server._attach()  # type: ignore[attr-defined]  # asyncio.Server's private API
+        base_events._set_nodelay(sock)  # type: ignore[attr-defined]
+        self._start(loop, protocol, waiter)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._core.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
     @property
     def _eof(self) -> bool:
         return self._core._eof
@@ -198,11 +218,35 @@ class SocketTransport(transports._FlowControlMixin):
     def _reset_empty_waiter(self) -> None:
         self._core._reset_empty_waiter()
 
-    def _force_close(self, exc: BaseException | None) -> None:
-        self._core._force_close(exc)
 
-    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        self._core._fatal_error(exc, message)
+class DatagramTransport(_CoreTransport, transports.DatagramTransport):
+    """A datagram endpoint (UDP or Unix datagram socket) whose sends and receives are native."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        protocol: protocols.BaseProtocol,
+        address: Any = None,
+        waiter: futures.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self._setup(loop, sock, extra)
+        self._address = address
+        self._core = _ferroloop.SocketCore(
+            loop,
+            sock,
+            self._sock_fd,
+            self,
+            datagram=True,
+            address=address,
+            connected=bool(self._extra["peername"]),
+            family=int(sock.family),
+        )
+        self._start(loop, protocol, waiter)
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        self._core.sendto(data, addr)
 
 
 class NativeTransports:
@@ -220,6 +264,16 @@ class NativeTransports:
         server: base_events.Server | None = None,
     ) -> SocketTransport:
         return SocketTransport(self, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
+
+    def _make_datagram_transport(
+        self,
+        sock: socket.socket,
+        protocol: protocols.BaseProtocol,
+        address: Any = None,
+        waiter: futures.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> DatagramTransport:
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)  # type: ignore[arg-type]
 
     def _make_ssl_transport(
         self,

@@ -14,6 +14,8 @@
 //!   errors and `abort()` drop the buffer and call `connection_lost(exc)`. Either way exactly
 //!   once, on a later turn, after which the socket is closed.
 
+mod datagram;
+
 use super::write_buffer::{Shared, WriteBuffer, MAX_IOVECS, SHARE_THRESHOLD};
 use super::{is_fatal, is_os_error, is_retry, logger, report, with_buffer, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use crate::errors::os_error;
@@ -24,6 +26,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
@@ -99,6 +102,9 @@ pub struct SocketCore {
     /// Whether the loop has our reader / writer installed (for `repr`).
     reading: bool,
     writing: bool,
+    /// Set for datagram endpoints (UDP, Unix datagram), which queue whole datagrams instead
+    /// of a byte stream.
+    datagram: Option<datagram::DatagramState>,
 }
 
 /// What `write()` did with its data.
@@ -126,16 +132,20 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-fn recv_bytes(py: Python<'_>, fd: RawFd) -> Received<'_> {
-    let outcome = READ_BUFFER.with(|cell| {
+/// Runs `f` on the per-thread read buffer. `f` must not run Python code.
+fn recv_buffer_with<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUFFER.with(|cell| {
         if let Ok(mut buf) = cell.try_borrow_mut() {
-            recv(fd, &mut buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+            f(&mut buf)
         } else {
             // Not reachable (no Python code runs while it is borrowed); a fresh buffer is correct.
-            let mut buf = vec![0; MAX_READ];
-            recv(fd, &mut buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+            f(&mut vec![0; MAX_READ])
         }
-    });
+    })
+}
+
+fn recv_bytes(py: Python<'_>, fd: RawFd) -> Received<'_> {
+    let outcome = recv_buffer_with(|buf| recv(fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n]))));
     match outcome {
         Ok(Some(data)) => Received::Data(data),
         Ok(None) => Received::Eof,
@@ -185,6 +195,18 @@ fn send_slices(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
+/// asyncio's type check for `write()` and `sendto()` data.
+fn report_write_type_error(data: &Bound<'_, PyAny>) -> PyResult<()> {
+    if data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()
+    {
+        return Ok(());
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not {}",
+        data.get_type().name()?.repr()?
+    )))
+}
+
 fn shutdown_write(fd: RawFd) -> PyResult<()> {
     // SAFETY: shutdown has no memory preconditions.
     if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
@@ -193,7 +215,25 @@ fn shutdown_write(fd: RawFd) -> PyResult<()> {
     Ok(())
 }
 
+/// What was left unsent when a transport let go of its buffers; dropped once no borrow is held.
+type Unsent = (Vec<SharedBytes>, VecDeque<datagram::Datagram>);
+
 impl SocketCore {
+    /// Bytes accepted by `write()`/`sendto()` and not yet sent.
+    fn unsent(&self) -> usize {
+        self.buffer.len() + self.datagram.as_ref().map_or(0, datagram::DatagramState::queued_bytes)
+    }
+
+    fn clear_unsent(&mut self) -> Unsent {
+        (
+            self.buffer.clear(),
+            self.datagram
+                .as_mut()
+                .map(datagram::DatagramState::clear)
+                .unwrap_or_default(),
+        )
+    }
+
     fn is_reading_now(&self) -> bool {
         !self.closing && !self.paused
     }
@@ -318,8 +358,8 @@ impl SocketCore {
             if s.conn_lost > 0 {
                 return Ok(());
             }
-            let had_buffer = !s.buffer.is_empty();
-            let released = s.buffer.clear();
+            let had_buffer = s.unsent() > 0;
+            let released = s.clear_unsent();
             let was_closing = s.closing;
             s.closing = true;
             s.conn_lost += 1;
@@ -344,7 +384,7 @@ impl SocketCore {
         let py = slf.py();
         let protocol = {
             let mut s = slf.borrow_mut();
-            if s.buffer.len() <= s.high_water || s.protocol_paused {
+            if s.unsent() <= s.high_water || s.protocol_paused {
                 return Ok(());
             }
             s.protocol_paused = true;
@@ -363,7 +403,7 @@ impl SocketCore {
         let py = slf.py();
         let protocol = {
             let mut s = slf.borrow_mut();
-            if !s.protocol_paused || s.buffer.len() > s.low_water {
+            if !s.protocol_paused || s.unsent() > s.low_water {
                 return Ok(());
             }
             s.protocol_paused = false;
@@ -532,15 +572,7 @@ impl SocketCore {
     /// data silently (the connection is already lost).
     fn check_writable(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = slf.py();
-        if !(data.is_instance_of::<PyBytes>()
-            || data.is_instance_of::<PyByteArray>()
-            || data.is_instance_of::<PyMemoryView>())
-        {
-            return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {}",
-                data.get_type().name()?.repr()?
-            )));
-        }
+        report_write_type_error(data)?;
         let warn = {
             let mut s = slf.borrow_mut();
             if s.eof {
@@ -568,16 +600,27 @@ impl SocketCore {
 
 #[pymethods]
 impl SocketCore {
+    /// A stream transport's core, or with `datagram=True` a datagram endpoint's: `address` is
+    /// its fixed remote address (`remote_addr=`), `connected` whether the socket has a peer,
+    /// `family` the socket's address family.
     #[new]
-    #[pyo3(signature = (event_loop, sock, fd, transport, server=None))]
+    #[pyo3(signature = (event_loop, sock, fd, transport, server=None, *, datagram=false, address=None, connected=false, family=0))]
+    #[allow(clippy::too_many_arguments)] // one per piece of asyncio's transport state
     fn py_new(
         event_loop: &Bound<'_, PyAny>,
         sock: Py<PyAny>,
         fd: RawFd,
         transport: Py<PyAny>,
         server: Option<Py<PyAny>>,
+        datagram: bool,
+        address: Option<Py<PyAny>>,
+        connected: bool,
+        family: i32,
     ) -> PyResult<Self> {
+        let py = event_loop.py();
         let event_loop = event_loop.cast::<LoopBase>()?.clone().unbind();
+        let datagram =
+            datagram.then(|| datagram::DatagramState::new(address.filter(|a| !a.is_none(py)), connected, family));
         Ok(SocketCore {
             event_loop: Some(event_loop),
             fd,
@@ -599,6 +642,7 @@ impl SocketCore {
             eof: false,
             reading: false,
             writing: false,
+            datagram,
         })
     }
 
@@ -627,6 +671,13 @@ impl SocketCore {
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         Self::ref_of(py, self.protocol.as_ref())
+    }
+
+    /// Send one datagram (datagram endpoints only).
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let none = slf.py().None().into_bound(slf.py());
+        datagram::sendto(slf, data, addr.unwrap_or(&none))
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -718,7 +769,7 @@ impl SocketCore {
         Self::unwatch(slf, Side::Read)?;
         let lose_now = {
             let mut s = slf.borrow_mut();
-            let empty = s.buffer.is_empty();
+            let empty = s.unsent() == 0;
             if empty {
                 s.conn_lost += 1;
             }
@@ -745,7 +796,7 @@ impl SocketCore {
     }
 
     fn get_write_buffer_size(&self) -> usize {
-        self.buffer.len()
+        self.unsent()
     }
 
     fn get_write_buffer_limits(&self) -> (usize, usize) {
@@ -766,6 +817,9 @@ impl SocketCore {
     /// The loop's reader callback: one read, delivered to the protocol.
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        if slf.borrow().datagram.is_some() {
+            return datagram::read_ready(slf);
+        }
         let (fd, reader) = {
             let s = slf.borrow();
             if s.conn_lost > 0 {
@@ -798,6 +852,9 @@ impl SocketCore {
     /// The loop's writer callback: send as much of the buffer as the socket takes.
     fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        if slf.borrow().datagram.is_some() {
+            return datagram::sendto_ready(slf);
+        }
         let sent = {
             let s = slf.borrow();
             if s.conn_lost > 0 || s.buffer.is_empty() {
@@ -872,7 +929,7 @@ impl SocketCore {
             s.protocol = None;
             s.reader = None;
             s.event_loop = None;
-            (s.sock.take(), s.server.take(), s.empty_waiter.take(), s.buffer.clear())
+            (s.sock.take(), s.server.take(), s.empty_waiter.take(), s.clear_unsent())
         };
         drop(released);
         let closed = sock.map_or(Ok(()), |sock| sock.call_method0(py, intern!(py, "close")).map(drop));
@@ -969,6 +1026,9 @@ impl SocketCore {
         for shared in self.buffer.shared() {
             visit.call(&shared.owner)?;
         }
+        if let Some(d) = &self.datagram {
+            d.traverse(&visit)?;
+        }
         Ok(())
     }
 
@@ -980,6 +1040,6 @@ impl SocketCore {
         self.reader = None;
         self.server = None;
         self.empty_waiter = None;
-        drop(self.buffer.clear());
+        drop(self.clear_unsent());
     }
 }
