@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from . import _ferroloop, _resolve
 from ._interim_net import InterimNetworking, SelectorView
+from ._subprocess import PidfdChildren
 from ._transports import NativeTransports
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def _noop_signal_handler(signum: int, frame: object) -> None:
 
 # The native call_soon()/call_later()/... return ferroloop's own Handle types, which are not
 # asyncio.Handle subclasses (a documented difference): type checkers see the bases disagree.
-class Loop(_ferroloop.LoopBase, NativeTransports, InterimNetworking, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(_ferroloop.LoopBase, NativeTransports, PidfdChildren, InterimNetworking, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """An asyncio event loop whose engine is written in Rust."""
 
     def __init__(self) -> None:
@@ -82,6 +83,8 @@ class Loop(_ferroloop.LoopBase, NativeTransports, InterimNetworking, asyncio.Abs
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
         # fd -> transport owning it, for the check that user watchers do not steal its fd.
         self._transports: weakref.WeakValueDictionary[int, asyncio.BaseTransport] = weakref.WeakValueDictionary()
+        # pidfd -> pid of each child process being waited for.
+        self._child_pidfds: dict[int, int] = {}
         self.set_debug(_debug_mode_from_environment())
         _live_loops.add(self)
 
@@ -196,6 +199,7 @@ class Loop(_ferroloop.LoopBase, NativeTransports, InterimNetworking, asyncio.Abs
             )
             self._signal_handlers.clear()
         self._close_signal_socks()
+        self._close_child_pidfds()
         super().close()
         self._executor_shutdown_called = True
         executor, self._default_executor = self._default_executor, None
