@@ -51,8 +51,6 @@ _BORROWED: dict[type, tuple[str, ...]] = {
     ),
     unix_events._UnixSelectorEventLoop: (
         "_child_watcher_callback",
-        "_make_read_pipe_transport",
-        "_make_write_pipe_transport",
         "_sock_add_cancellation_callback",
         "_sock_sendfile_native",
         "_sock_sendfile_native_impl",

@@ -1,6 +1,7 @@
 """ferroloop's native transports, as the `asyncio.Transport` objects protocols see.
 
-Each transport here is a thin Python object around a native core (`_ferroloop.SocketCore`) that
+Each transport here is a thin Python object around a native core (`_ferroloop.SocketCore` for
+sockets, `_ferroloop.PipeCore` for pipes) that
 does the per-read and per-write work: syscalls, buffering, flow control and the close sequence.
 The Python object exists because protocols, CPython's own helpers and libraries check
 `isinstance(transport, asyncio.Transport)` (and CPython's sendfile fallback checks for its
@@ -14,7 +15,9 @@ its own.
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import sys
 import warnings
 from asyncio import base_events, constants, futures, protocols, sslproto, transports, trsock
@@ -249,6 +252,188 @@ class DatagramTransport(_CoreTransport, transports.DatagramTransport):
         self._core.sendto(data, addr)
 
 
+def _pipe_fd(pipe: Any, allowed: tuple[Callable[[int], bool], ...], message: str) -> int:
+    """The pipe's fd, switched to non-blocking, after asyncio's check of what it is."""
+    fileno: int = pipe.fileno()
+    mode = os.fstat(fileno).st_mode
+    if not any(check(mode) for check in allowed):
+        raise ValueError(message)
+    os.set_blocking(fileno, False)
+    return fileno
+
+
+class _PipeTransport(transports.BaseTransport):
+    """What both pipe directions share."""
+
+    _extra: dict[str, Any]
+    _core: _ferroloop.PipeCore
+
+    def _start(self, loop: Loop, protocol: protocols.BaseProtocol, waiter: futures.Future[None] | None) -> None:
+        self._core.set_protocol(protocol)
+        loop.call_soon(protocol.connection_made, self)
+        # Watching starts only once connection_made() has run.
+        loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        core = getattr(self, "_core", None)
+        if core is None or core._pipe is None:
+            info.append("closed")
+        elif core.is_closing():
+            info.append("closing")
+        info.append(f"fd={getattr(self, '_fileno', -1)}")
+        loop = core._loop if core is not None else None
+        if core is not None and core._pipe is not None and loop is not None and not loop.is_closed():
+            polling = core._writer_installed if isinstance(self, WritePipeTransport) else core._reader_installed
+            info.append("polling" if polling else "idle")
+            if isinstance(self, WritePipeTransport):
+                info.append(f"bufsize={core.get_write_buffer_size()}")
+        elif core is not None and core._pipe is not None:
+            info.append("open")
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        core = getattr(self, "_core", None)
+        pipe = core._pipe if core is not None else None
+        if pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            pipe.close()
+
+    def get_protocol(self) -> protocols.BaseProtocol:
+        return cast("protocols.BaseProtocol", self._core.get_protocol())
+
+    def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
+        self._core.set_protocol(protocol)
+
+    def is_closing(self) -> bool:
+        return self._core.is_closing()
+
+    def close(self) -> None:
+        self._core.close()
+
+    @property
+    def _pipe(self) -> Any:
+        return self._core._pipe
+
+    @_pipe.setter
+    def _pipe(self, pipe: Any) -> None:
+        # Tests (CPython's among them) forget a pipe they closed themselves this way.
+        self._core._pipe = pipe
+
+    @property
+    def _loop(self) -> Loop | None:
+        return cast("Loop | None", self._core._loop)
+
+    @property
+    def _protocol(self) -> protocols.BaseProtocol | None:
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self) -> bool:
+        return self._core.is_closing()
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on pipe transport") -> None:
+        self._core._fatal_error(exc, message)
+
+
+class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
+    """The read end of a pipe, FIFO, socket or character device, read natively."""
+
+    max_size = 256 * 1024
+
+    def __init__(
+        self,
+        loop: Loop,
+        pipe: Any,
+        protocol: protocols.BaseProtocol,
+        waiter: futures.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["pipe"] = pipe
+        self._fileno = _pipe_fd(
+            pipe, (stat.S_ISFIFO, stat.S_ISSOCK, stat.S_ISCHR), "Pipe transport is for pipes/sockets only."
+        )
+        self._core = _ferroloop.PipeCore(loop, pipe, self._fileno, self, writer=False)
+        self._start(loop, protocol, waiter)
+
+    def is_reading(self) -> bool:
+        return self._core.is_reading()
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+
+class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transports.WriteTransport):
+    """The write end of a pipe, FIFO, socket or character device, written natively."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        pipe: Any,
+        protocol: protocols.BaseProtocol,
+        waiter: futures.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["pipe"] = pipe
+        self._fileno = _pipe_fd(
+            pipe,
+            (stat.S_ISCHR, stat.S_ISFIFO, stat.S_ISSOCK),
+            "Pipe transport is only for pipes, sockets and character devices",
+        )
+        self._core = _ferroloop.PipeCore(loop, pipe, self._fileno, self, writer=True)
+        mode = os.fstat(self._fileno).st_mode
+        # Only pipes and sockets turn readable when their reader goes away; a character device
+        # is never watched for it (as with asyncio).
+        self._watch_peer = stat.S_ISSOCK(mode) or (stat.S_ISFIFO(mode) and not sys.platform.startswith("aix"))
+        self._start(loop, protocol, waiter)
+
+    def _start(self, loop: Loop, protocol: protocols.BaseProtocol, waiter: futures.Future[None] | None) -> None:
+        self._core.set_protocol(protocol)
+        loop.call_soon(protocol.connection_made, self)
+        if self._watch_peer:
+            loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._core.write(data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core._set_write_buffer_limits(*_water_marks(high, low))
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
+
+    @property
+    def _conn_lost(self) -> int:
+        return self._core._conn_lost
+
+
 class NativeTransports:
     """The transport factories CPython's connection code calls on its loop."""
 
@@ -274,6 +459,24 @@ class NativeTransports:
         extra: dict[str, Any] | None = None,
     ) -> DatagramTransport:
         return DatagramTransport(self, sock, protocol, address, waiter, extra)  # type: ignore[arg-type]
+
+    def _make_read_pipe_transport(
+        self,
+        pipe: Any,
+        protocol: protocols.BaseProtocol,
+        waiter: futures.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ReadPipeTransport:
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)  # type: ignore[arg-type]
+
+    def _make_write_pipe_transport(
+        self,
+        pipe: Any,
+        protocol: protocols.BaseProtocol,
+        waiter: futures.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> WritePipeTransport:
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)  # type: ignore[arg-type]
 
     def _make_ssl_transport(
         self,

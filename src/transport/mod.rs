@@ -10,6 +10,7 @@
 //! The core's state is borrowed only in Rust-only sections, never across a call into Python:
 //! a protocol callback may call back into the transport (write, close, pause) at any time.
 
+pub mod pipe;
 pub mod socket;
 pub mod write_buffer;
 
@@ -17,9 +18,43 @@ use crate::event_loop::LoopBase;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 use pyo3::{ffi, intern};
+use std::cell::RefCell;
 use std::io;
+use write_buffer::{Shared, WriteBuffer, SHARE_THRESHOLD};
+
+/// Bytes read per readiness event (asyncio's transports' `max_size`).
+const MAX_READ: usize = 256 * 1024;
+
+thread_local! {
+    /// Where received data lands before it is copied into a `bytes` object.
+    /// One per thread suffices: a read finishes (and copies out) before any Python code runs.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
+}
+
+/// Runs `f` on the per-thread read buffer. `f` must not run Python code.
+fn with_read_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUFFER.with(|cell| {
+        if let Ok(mut buf) = cell.try_borrow_mut() {
+            f(&mut buf)
+        } else {
+            // Not reachable (no Python code runs while it is borrowed); a fresh buffer is correct.
+            f(&mut vec![0; MAX_READ])
+        }
+    })
+}
+
+/// What `write()` did with its data.
+enum WriteOutcome {
+    /// All sent (or nothing to send).
+    Done,
+    Failed(io::Error),
+    /// Some or all queued; the writer must be installed if the queue was empty before.
+    Buffered {
+        add_writer: bool,
+    },
+}
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -85,5 +120,45 @@ fn with_buffer<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResul
         let result = f(data);
         ffi::PyBuffer_Release(&raw mut view);
         Ok(result)
+    }
+}
+
+/// An immutable `bytes` object queued by reference (from some offset on) instead of copied.
+pub struct SharedBytes {
+    owner: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the pointed-to bytes belong to an immutable `bytes` object kept alive by `owner`; they
+// are only read, and only while the owning transport is borrowed under the GIL.
+unsafe impl Send for SharedBytes {}
+unsafe impl Sync for SharedBytes {}
+
+impl Shared for SharedBytes {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: see the Send impl; `ptr..ptr+len` lies within the owner's data.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl SharedBytes {
+    pub fn visit(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.owner)
+    }
+}
+
+/// Queues `bytes[sent..]` after a partial or skipped send, where `bytes` are the contents of
+/// `data`: a large immutable `bytes` is kept by reference, anything else is copied (the caller
+/// may change a `bytearray` after `write()` returns).
+fn queue_rest(buffer: &mut WriteBuffer<SharedBytes>, data: &Bound<'_, PyAny>, bytes: &[u8], sent: usize) {
+    let rest = &bytes[sent..];
+    match data.cast_exact::<PyBytes>() {
+        Ok(owner) if rest.len() >= SHARE_THRESHOLD => buffer.push_shared(SharedBytes {
+            owner: owner.clone().unbind(),
+            ptr: rest.as_ptr(),
+            len: rest.len(),
+        }),
+        _ => buffer.push_copy(rest),
     }
 }

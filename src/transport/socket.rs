@@ -16,8 +16,11 @@
 
 mod datagram;
 
-use super::write_buffer::{Shared, WriteBuffer, MAX_IOVECS, SHARE_THRESHOLD};
-use super::{is_fatal, is_os_error, is_retry, logger, report, with_buffer, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use super::write_buffer::{WriteBuffer, MAX_IOVECS};
+use super::{
+    is_fatal, is_os_error, is_retry, logger, queue_rest, report, with_buffer, with_read_buffer, SharedBytes,
+    WriteOutcome, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
 use crate::errors::os_error;
 use crate::event_loop::{closed_error, LoopBase, Side};
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError};
@@ -25,42 +28,14 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
-/// Bytes read per `recv()` (asyncio's `max_size`).
-const MAX_READ: usize = 256 * 1024;
 /// asyncio's default high-water mark; the low one is a quarter of the high one.
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-thread_local! {
-    /// The buffer plain protocols' data is received into before it is copied into `bytes`.
-    /// One per thread suffices: a read finishes (and copies out) before any Python code runs.
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
-}
-
-/// An immutable `bytes` object queued by reference, from `offset` on.
-pub struct SharedBytes {
-    owner: Py<PyBytes>,
-    ptr: *const u8,
-    len: usize,
-}
-
-// SAFETY: the pointed-to bytes belong to an immutable `bytes` object kept alive by `owner`; they
-// are only read, and only while the core is borrowed under the GIL.
-unsafe impl Send for SharedBytes {}
-unsafe impl Sync for SharedBytes {}
-
-impl Shared for SharedBytes {
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: see the Send impl; `ptr..ptr+len` lies within the owner's data.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
 
 /// What a read delivers to.
 enum Reader {
@@ -107,13 +82,6 @@ pub struct SocketCore {
     datagram: Option<datagram::DatagramState>,
 }
 
-/// What `write()` did with its data.
-enum WriteOutcome {
-    Done,
-    Failed(io::Error),
-    Buffered { add_writer: bool },
-}
-
 /// One `recv()` outcome.
 enum Received<'py> {
     Data(Bound<'py, PyBytes>),
@@ -132,20 +100,8 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Runs `f` on the per-thread read buffer. `f` must not run Python code.
-fn recv_buffer_with<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
-    READ_BUFFER.with(|cell| {
-        if let Ok(mut buf) = cell.try_borrow_mut() {
-            f(&mut buf)
-        } else {
-            // Not reachable (no Python code runs while it is borrowed); a fresh buffer is correct.
-            f(&mut vec![0; MAX_READ])
-        }
-    })
-}
-
 fn recv_bytes(py: Python<'_>, fd: RawFd) -> Received<'_> {
-    let outcome = recv_buffer_with(|buf| recv(fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n]))));
+    let outcome = with_read_buffer(|buf| recv(fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n]))));
     match outcome {
         Ok(Some(data)) => Received::Data(data),
         Ok(None) => Received::Eof,
@@ -515,25 +471,8 @@ impl SocketCore {
         Ok(())
     }
 
-    /// Queues `data[sent..]` (of the object `data`) after a partial or skipped send.
-    fn buffer_rest(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, bytes: &[u8], sent: usize) {
-        let rest = &bytes[sent..];
-        match data.cast_exact::<PyBytes>() {
-            Ok(owner) if rest.len() >= SHARE_THRESHOLD => self.buffer.push_shared(SharedBytes {
-                owner: owner.clone().unbind(),
-                ptr: rest.as_ptr(),
-                len: rest.len(),
-            }),
-            _ => {
-                let _ = py;
-                self.buffer.push_copy(rest);
-            }
-        }
-    }
-
     /// What `write()` does with `data` once it is known to be bytes-like and non-empty.
     fn write_bytes(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
         let outcome = {
             let mut s = slf.borrow_mut();
             let fd = s.fd;
@@ -552,7 +491,7 @@ impl SocketCore {
                         Err(err) => return WriteOutcome::Failed(err),
                     }
                 }
-                s.buffer_rest(py, data, bytes, sent);
+                queue_rest(&mut s.buffer, data, bytes, sent);
                 WriteOutcome::Buffered { add_writer }
             })?
         };
@@ -1024,7 +963,7 @@ impl SocketCore {
         visit.call(&self.server)?;
         visit.call(&self.empty_waiter)?;
         for shared in self.buffer.shared() {
-            visit.call(&shared.owner)?;
+            shared.visit(&visit)?;
         }
         if let Some(d) = &self.datagram {
             d.traverse(&visit)?;

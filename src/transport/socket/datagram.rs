@@ -11,10 +11,11 @@
 //! unconnected socket, go through the Python socket object so that every address form (and name
 //! lookup) behaves exactly as `socket.sendto()`/`recvfrom()` do.
 
-use super::{recv_buffer_with, report_write_type_error, SocketCore, MAX_READ};
+use super::{report_write_type_error, SocketCore};
 use crate::errors::os_error;
 use crate::event_loop::Side;
 use crate::transport::{is_fatal, is_os_error, is_retry, logger, with_buffer, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use crate::transport::{with_read_buffer, MAX_READ};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
@@ -275,7 +276,7 @@ pub(super) fn read_ready(slf: &Bound<'_, SocketCore>) -> PyResult<()> {
 fn recv_from(py: Python<'_>, fd: RawFd) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let data = recv_buffer_with(|buf| {
+    let data = with_read_buffer(|buf| {
         // SAFETY: `buf` and `storage` are valid for writes of the lengths passed.
         let n = unsafe {
             libc::recvfrom(
