@@ -44,8 +44,8 @@ def run_example(name: str, loop_name: str) -> subprocess.CompletedProcess:
 
 
 def test_example_set_is_complete():
-    assert len(EXAMPLES) == 20
-    assert [name[:2] for name in EXAMPLES] == [f"{n:02d}" for n in range(1, 21)]
+    assert len(EXAMPLES) == 23
+    assert [name[:2] for name in EXAMPLES] == [f"{n:02d}" for n in range(1, 24)]
     readme = (EXAMPLES_DIR / "README.md").read_text()
     for name in EXAMPLES:
         assert (EXAMPLES_DIR / f"{name}.expected").is_file(), f"{name}.expected is missing"
