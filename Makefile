@@ -3,7 +3,7 @@ PYTHON ?= python3
 SEED ?= ../shared/seed
 PIP := $(PYTHON) -m pip install --disable-pip-version-check -q
 
-.PHONY: help deps build run bench test test-rust test-python conformance stubtest lint format clean
+.PHONY: help deps build run bench bench-net test test-rust test-python conformance stubtest lint format clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ run: deps build  ## build, run the seed patterns on ferroloop, print the micro-b
 
 bench: build  ## micro-benchmarks: ferroloop vs asyncio vs uvloop
 	$(PYTHON) bench/micro.py
+
+bench-net: build  ## network benchmarks (echo in three modes, HTTP under wrk): ferroloop vs asyncio vs uvloop
+	$(PYTHON) bench/net.py
 
 test: deps lint build stubtest test-rust test-python  ## lint, build, and run every test (Rust, pytest incl. seed and conformance)
 
