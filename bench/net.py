@@ -217,6 +217,7 @@ def fmt_rate(x: float) -> str:
 
 def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample], args) -> tuple[str, bool]:
     med: dict[tuple[str, str], tuple[float, float]] = {}
+    spread: dict[tuple[str, str], float] = {}
     failed = False
     for row in rows:
         for name in loops:
@@ -225,10 +226,9 @@ def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample
                 med[row.name, name] = (math.nan, math.nan)
                 failed = True
                 continue
-            med[row.name, name] = (
-                statistics.median(s.per_second for s in ok),
-                statistics.median(s.per_cpu_second for s in ok),
-            )
+            rates = [s.per_second for s in ok]
+            med[row.name, name] = (statistics.median(rates), statistics.median(s.per_cpu_second for s in ok))
+            spread[row.name, name] = (max(rates) - min(rates)) / 2 / statistics.median(rates)
     others = [n for n in loops if n != subject]
     head = ["row", *[f"{n} /s" for n in loops]]
     head += [f"{subject}/{o}" for o in others]
@@ -236,13 +236,18 @@ def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     ratios: dict[tuple[str, str, str], list[float]] = {}
     for row in rows:
-        cells = [row.name] + [fmt_rate(med[row.name, n][0]) for n in loops]
+        cells = [row.name] + [
+            fmt_rate(med[row.name, n][0]) + (f" ±{spread[row.name, n]:.0%}" if (row.name, n) in spread else "")
+            for n in loops
+        ]
         for idx, label in ((0, "tput"), (1, "cpu")):
             for o in others:
                 r = med[row.name, subject][idx] / med[row.name, o][idx]
                 ratios.setdefault((row.group, o, label), []).append(r)
                 cells.append("-" if math.isnan(r) else f"{r:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Throughput is the median of the samples; ± is half their range, relative to the median.")
     lines.append("")
     lines.append("Geometric means of the ratios per group (throughput / per server CPU-second):")
     lines.append("")
@@ -266,8 +271,8 @@ def main() -> int:
     parser.add_argument("--loops", default=DEFAULT_LOOPS, help="NAME=MODULE:ATTR,... (default: %(default)s)")
     parser.add_argument("--subject", default=DEFAULT_SUBJECT)
     parser.add_argument("--rows", help="comma-separated substrings; a row runs if its name contains one")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--quick", action="store_true", help="CI smoke: 1KiB TCP rows, 1 sample, 0.3 s")
     parser.add_argument("--json", help="write every sample to this path")
