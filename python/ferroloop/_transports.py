@@ -194,6 +194,9 @@ class SocketTransport(_CoreTransport):
     ) -> None:
         self._setup(loop, sock, extra)
         self._core = _ferroloop.SocketCore(loop, sock, self._sock_fd, self, server)
+        # The hot call, bound straight to the core: a protocol's `transport.write(data)` then costs
+        # no Python frame (the method below stays for subclasses and introspection).
+        self.write = self._core.write  # type: ignore[method-assign]
         if server is not None:
             server._attach()  # type: ignore[attr-defined]  # asyncio.Server's private API
         base_events._set_nodelay(sock)  # type: ignore[attr-defined]
