@@ -109,16 +109,33 @@ def describe(sock: socket.socket) -> str:
     return f"unix:{name}" if sock.family == socket.AF_UNIX else f"tcp:{name[0]}:{name[1]}"
 
 
+def where(address: str) -> dict:
+    """create_server()/start_server() arguments for ADDRESS (host and port, or path): every loop
+    then binds its own socket, as applications do (rloop 0.5 rejects sock= with EBADF)."""
+    if address.startswith("unix:"):
+        path = address[5:]
+        if os.path.exists(path):
+            os.unlink(path)
+        return {"path": path}
+    host, port = address.removeprefix("tcp:").rsplit(":", 1)
+    return {"host": host, "port": int(port), "reuse_address": True, "backlog": 1024}
+
+
 async def serve(mode: str, address: str) -> None:
     loop = asyncio.get_running_loop()
-    sock = listening_socket(address)
+    unix = address.startswith("unix:")
     if mode == "sock":
+        sock = listening_socket(address)
         server_task = loop.create_task(accept_forever(loop, sock))
     elif mode == "streams":
-        server = await asyncio.start_server(echo_with_streams, sock=sock, limit=READ_SIZE)
+        start = asyncio.start_unix_server if unix else asyncio.start_server
+        server = await start(echo_with_streams, limit=READ_SIZE, **where(address))
+        sock = server.sockets[0]
     elif mode in ("protocol", "http"):
         factory = EchoProtocol if mode == "protocol" else HttpProtocol
-        server = await loop.create_server(factory, sock=sock)
+        create = loop.create_unix_server if unix else loop.create_server
+        server = await create(factory, **where(address))
+        sock = server.sockets[0]
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print("READY", describe(sock), flush=True)
@@ -132,6 +149,7 @@ async def serve(mode: str, address: str) -> None:
         sock.close()
     else:
         server.close()
+        await server.wait_closed()
 
 
 def main() -> None:
