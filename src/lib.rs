@@ -21,6 +21,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transport::socket::SocketCore>()?;
     m.add_class::<transport::pipe::PipeCore>()?;
+    m.add_class::<transport::sock_wait::RecvWaiter>()?;
+    m.add_function(wrap_pyfunction!(transport::sock_wait::sock_recv, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

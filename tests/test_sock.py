@@ -8,6 +8,7 @@ temporary directory.
 import asyncio
 import os
 import socket
+import struct
 import sys
 import tempfile
 
@@ -136,6 +137,49 @@ def test_sock_recv_waits_for_data(loop, socks):
         return await task
 
     assert run(loop, main()) == b"late"
+
+
+def test_sock_recv_calls_a_patched_or_overridden_recv(loop, socks, monkeypatch):
+    """Code that wraps socket.recv (class patches, subclasses) must see its method called, both
+    for data that is already there and after a wait."""
+    calls = []
+    original = socket.socket.recv
+
+    def spy(self, n, *args):
+        calls.append(n)
+        return original(self, n, *args)
+
+    monkeypatch.setattr(socket.socket, "recv", spy)
+    a, b = socks.pair()
+    b.send(b"now")
+    assert run(loop, loop.sock_recv(a, 10)) == b"now"
+
+    async def later():
+        task = asyncio.ensure_future(loop.sock_recv(a, 20))
+        await asyncio.sleep(0.01)
+        b.send(b"later")
+        return await task
+
+    assert run(loop, later()) == b"later"
+    assert calls[0] == 10 and calls[-1] == 20
+
+
+def test_sock_recv_errors_surface_as_os_errors(loop, socks):
+    listener = socks.track(socket.create_server(("127.0.0.1", 0)))
+    a = socks.track(socket.create_connection(listener.getsockname()))
+    b = socks.track(listener.accept()[0])
+    a.setblocking(False)
+    # SO_LINGER with a zero timeout makes close() abortive: the peer gets a reset.
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        b.close()
+        return await task
+
+    with pytest.raises(ConnectionResetError):
+        run(loop, main())
 
 
 def test_sock_recv_respects_size(loop, socks):

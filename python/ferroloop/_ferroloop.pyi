@@ -9,7 +9,7 @@ from typing import Any, final
 
 from typing_extensions import disjoint_base
 
-__all__ = ["Handle", "LoopBase", "PipeCore", "SocketCore", "TimerHandle", "__version__"]
+__all__ = ["Handle", "LoopBase", "PipeCore", "RecvWaiter", "SocketCore", "TimerHandle", "__version__", "sock_recv"]
 __version__: str
 
 @disjoint_base
@@ -187,3 +187,13 @@ class PipeCore:
     def _reader_installed(self) -> bool: ...
     @property
     def _writer_installed(self) -> bool: ...
+
+def sock_recv(event_loop: LoopBase, fd: int, n: int) -> bytes | Future[bytes]:
+    """Receive up to n bytes from the socket fd now, or return a future that gets them."""
+
+@final
+class RecvWaiter:
+    """The native reader and done callback of one pending sock_recv()."""
+
+    def _ready(self) -> None: ...
+    def _done(self, _future: Any) -> None: ...

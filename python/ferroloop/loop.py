@@ -548,6 +548,12 @@ class Loop(_ferroloop.LoopBase, NativeTransports, PidfdChildren, InterimNetworki
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to n bytes from sock."""
         self._check_sock(sock)
+        if type(sock) is socket.socket and _socket_class_unpatched() and n >= 0:
+            # The native path: same steps, no exception per empty try, no Python callback.
+            result = _ferroloop.sock_recv(self, sock.fileno(), n)
+            if isinstance(result, bytes):
+                return result
+            return await result
         return cast(bytes, await self._sock_io(sock, False, "recv", n))
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
@@ -579,6 +585,8 @@ class Loop(_ferroloop.LoopBase, NativeTransports, PidfdChildren, InterimNetworki
             sent = sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
+        if type(data) is bytes and sent == len(data):
+            return
         view = memoryview(data).cast("B")
         if sent == view.nbytes:
             return
@@ -653,6 +661,15 @@ def _set_result_unless_done(fut: asyncio.Future[Any], result: Any) -> None:
 def _set_exception_unless_done(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+_C_RECV = socket.socket.recv
+
+
+def _socket_class_unpatched() -> bool:
+    """Whether socket.socket.recv is still the C method (a plain socket object has no instance
+    dict, so only the class can be patched): the native sock_recv() path must not bypass a patch."""
+    return socket.socket.recv is _C_RECV
 
 
 def _retry_sock_op(fut: asyncio.Future[Any], sock: socket.socket, method: str, args: tuple[Any, ...]) -> None:

@@ -11,6 +11,7 @@
 //! a protocol callback may call back into the transport (write, close, pause) at any time.
 
 pub mod pipe;
+pub mod sock_wait;
 pub mod socket;
 pub mod write_buffer;
 
