@@ -45,12 +45,18 @@ stubtest:  ## check the hand-written .pyi stubs against the built native module
 lint:  ## cargo fmt/clippy, ruff, mypy --strict on the package
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	for crate in bench/echo-client bench/ceiling-server; do \
+		cargo fmt --check --manifest-path $$crate/Cargo.toml && \
+		cargo clippy --quiet --release --manifest-path $$crate/Cargo.toml -- -D warnings || exit 1; \
+	done
 	$(PYTHON) -m ruff check python tests examples bench
 	$(PYTHON) -m ruff format --check python tests examples bench
 	$(PYTHON) -m mypy --strict python/ferroloop
 
 format:  ## apply cargo fmt and ruff format
 	cargo fmt
+	cargo fmt --manifest-path bench/echo-client/Cargo.toml
+	cargo fmt --manifest-path bench/ceiling-server/Cargo.toml
 	$(PYTHON) -m ruff format python tests examples bench
 
 clean:  ## remove build outputs

@@ -33,6 +33,10 @@ HERE = Path(__file__).resolve().parent
 SERVER = HERE / "net_server.py"
 CLIENT_DIR = HERE / "echo-client"
 CLIENT = CLIENT_DIR / "target" / "release" / "echo-client"
+CEILING_DIR = HERE / "ceiling-server"
+CEILING = CEILING_DIR / "target" / "release" / "ceiling-server"
+# A "loop" name for the pure-Rust echo server: it runs the protocol-mode echo rows only.
+CEILING_SPEC = "ceiling"
 
 DEFAULT_LOOPS = "ferroloop=ferroloop:new_event_loop,asyncio=asyncio:new_event_loop,uvloop=uvloop:new_event_loop"
 DEFAULT_SUBJECT = "ferroloop"
@@ -97,8 +101,12 @@ class Server:
 
     def __init__(self, spec: str, mode: str, family: str, tmpdir: str) -> None:
         address = f"unix:{tmpdir}/echo.sock" if family == "unix" else "tcp:127.0.0.1:0"
+        if spec == CEILING_SPEC:
+            command = [str(CEILING), address]
+        else:
+            command = [sys.executable, str(SERVER), spec, mode, address]
         self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER), spec, mode, address],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -189,16 +197,18 @@ def run_sample(spec: str, row: Row, seconds: float, warmup: float, tmpdir: str) 
         server.stop()
 
 
-def build_client() -> None:
+def build(crate: Path) -> None:
     if shutil.which("cargo") is None:
-        raise SystemExit("cargo is needed to build bench/echo-client")
+        raise SystemExit(f"cargo is needed to build {crate.relative_to(HERE.parent)}")
     subprocess.run(
-        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(CLIENT_DIR / "Cargo.toml")],
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(crate / "Cargo.toml")],
         check=True,
     )
 
 
 def loop_available(spec: str) -> str:
+    if spec == CEILING_SPEC:
+        return ""
     module = spec.partition(":")[0]
     probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
     return "" if probe.returncode == 0 else (probe.stderr.strip().splitlines() or ["import failed"])[-1]
@@ -222,6 +232,9 @@ def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample
     for row in rows:
         for name in loops:
             ok = [s for s in samples if s.row == row.name and s.loop == name and s.ok]
+            if not ok and not any(s.row == row.name and s.loop == name for s in samples):
+                med[row.name, name] = (math.nan, math.nan)  # not applicable (the ceiling's rows)
+                continue
             if not ok:
                 med[row.name, name] = (math.nan, math.nan)
                 failed = True
@@ -276,6 +289,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--quick", action="store_true", help="CI smoke: 1KiB TCP rows, 1 sample, 0.3 s")
     parser.add_argument("--json", help="write every sample to this path")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="add the pure-Rust echo server (bench/ceiling-server) to the protocol rows, as loop 'ceiling'",
+    )
     args = parser.parse_args()
 
     rows = all_rows()
@@ -289,6 +307,8 @@ def main() -> int:
         print("note: wrk not found (Debian package 'wrk'); HTTP row skipped", file=sys.stderr)
         rows = [r for r in rows if r.mode != "http"]
     specs = dict(item.split("=", 1) for item in args.loops.split(","))
+    if args.ceiling:
+        specs["ceiling"] = CEILING_SPEC
     loops = []
     for name, spec in specs.items():
         problem = loop_available(spec)
@@ -298,7 +318,9 @@ def main() -> int:
             loops.append(name)
     if args.subject not in loops:
         raise SystemExit(f"subject loop {args.subject!r} is not available")
-    build_client()
+    build(CLIENT_DIR)
+    if CEILING_SPEC in specs.values():
+        build(CEILING_DIR)
 
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -306,6 +328,8 @@ def main() -> int:
             for k in range(args.repeat):
                 order = loops[k % len(loops) :] + loops[: k % len(loops)]
                 for name in order:
+                    if specs[name] == CEILING_SPEC and row.mode != "protocol":
+                        continue  # the ceiling is an echo server: it has no sock/streams/http modes
                     sample = Sample(row.name, name, k, ok=False)
                     try:
                         rate, cpu, wall = run_sample(specs[name], row, args.seconds, args.warmup, tmpdir)

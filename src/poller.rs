@@ -29,6 +29,7 @@ pub struct Interest {
 }
 
 impl Interest {
+    #[must_use]
     pub fn is_empty(self) -> bool {
         !self.read && !self.write
     }

@@ -83,7 +83,9 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().ok_or("usage: echo-client ADDR --conns N --size BYTES --seconds S [--warmup W]")?;
+    let addr = args
+        .next()
+        .ok_or("usage: echo-client ADDR --conns N --size BYTES --seconds S [--warmup W]")?;
     let mut parsed = Args {
         addr,
         conns: 10,
