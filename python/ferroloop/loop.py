@@ -6,8 +6,10 @@ per task or per call site: the running-loop and async-generator bookkeeping arou
 `run_forever`, tasks and futures (CPython's own C-accelerated `asyncio.Future`/`asyncio.Task`),
 exception-handler dispatch, executors, name resolution, signals and the `sock_*` coroutines.
 
-Networking (transports, servers, TLS, pipes, subprocesses) comes, for now, from CPython's own
-selector loop running on this engine: see `_interim_net`.
+Networking: the transports are native (`_transports`, over `_ferroloop.SocketCore` and
+`PipeCore`), children are reaped through pidfds (`_subprocess`), and the per-connection entry
+points (`create_connection`, `create_server`, ...) are CPython's own code building those
+transports (`_stdlib_net`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from asyncio import coroutines, futures, tasks
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from . import _ferroloop, _resolve
-from ._interim_net import InterimNetworking, SelectorView
+from ._stdlib_net import SelectorView, StdlibNetworking
 from ._subprocess import PidfdChildren
 from ._transports import NativeTransports
 
@@ -68,7 +70,7 @@ def _noop_signal_handler(signum: int, frame: object) -> None:
 
 # The native call_soon()/call_later()/... return ferroloop's own Handle types, which are not
 # asyncio.Handle subclasses (a documented difference): type checkers see the bases disagree.
-class Loop(_ferroloop.LoopBase, NativeTransports, PidfdChildren, InterimNetworking, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(_ferroloop.LoopBase, NativeTransports, PidfdChildren, StdlibNetworking, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """An asyncio event loop whose engine is written in Rust."""
 
     def __init__(self) -> None:

@@ -1,16 +1,20 @@
-"""Networking for `Loop`, borrowed from CPython's own selector event loop (interim).
+"""The per-connection halves of `Loop`'s networking methods, taken from CPython's own loop.
 
-ferroloop's native transports are not written yet. Until they are, the networking methods of
-`asyncio.AbstractEventLoop` (TCP and Unix connections and servers, UDP, TLS, sendfile, pipes,
-subprocesses) are CPython's implementations, taken unchanged from the interpreter's own
-`BaseEventLoop`, `BaseSelectorEventLoop` and `_UnixSelectorEventLoop` and bound to `Loop`. Their
-transports are CPython's Python transports; they register their sockets through the loop's native
-`_add_reader`/`_add_writer`, so all waiting and dispatch happens in ferroloop's engine.
+`create_connection`, `create_server`, the Unix variants, `create_datagram_endpoint`,
+`connect_accepted_socket`, `start_tls`, `sendfile`, the pipe and subprocess entry points and the
+`Server` they return are CPython's implementations, taken unchanged from the running
+interpreter's `BaseEventLoop`, `BaseSelectorEventLoop` and `_UnixSelectorEventLoop` and bound to
+`Loop`. They run once per connection or call (argument checks, name resolution, happy eyeballs,
+binding, the error messages), and keeping them identical keeps every edge case identical. What
+they build are ferroloop's transports: they call the loop's `_make_socket_transport`,
+`_make_datagram_transport`, `_make_ssl_transport`, `_make_read_pipe_transport`,
+`_make_write_pipe_transport` and `_make_subprocess_transport`, which `Loop` overrides
+(`_transports.py`, `_subprocess.py`), so all per-byte work is native.
 
 Taking the functions from the running interpreter (not copying their source) keeps them matched
-with that interpreter's transports, whatever its version. `Loop` provides what they expect of a
-selector loop: `_transports`, `_debug`, the `_add_*`/`_remove_*` watcher methods, and a
-read-only `_selector` view (their `repr` asks it what an fd is watched for).
+with that interpreter's version. `Loop` provides what they expect of a selector loop:
+`_transports`, `_debug`, the `_add_*`/`_remove_*` watcher methods, and a read-only `_selector`
+view (their `repr` asks it what an fd is watched for).
 """
 
 from __future__ import annotations
@@ -73,18 +77,18 @@ def _collect() -> dict[str, Any]:
 if TYPE_CHECKING:
     # For type checkers: the borrowed methods have the signatures of CPython's selector loop.
 
-    class InterimNetworking(unix_events.SelectorEventLoop):
-        """CPython's networking methods, bound to ferroloop's engine (interim)."""
+    class StdlibNetworking(unix_events.SelectorEventLoop):
+        """CPython's per-connection networking code, bound to ferroloop's engine."""
 
         def _ensure_fd_no_transport(self, fd: Any) -> None: ...
 
 else:
-    InterimNetworking = type(
-        "InterimNetworking",
+    StdlibNetworking = type(
+        "StdlibNetworking",
         (),
         {
             **_collect(),
-            "__doc__": "CPython's networking methods, bound to ferroloop's engine (interim).",
+            "__doc__": "CPython's per-connection networking code, bound to ferroloop's engine.",
             "__slots__": (),
         },
     )
