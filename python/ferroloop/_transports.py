@@ -43,11 +43,97 @@ def _water_marks(high: int | None, low: int | None) -> tuple[int, int]:
     return high, low
 
 
-class _CoreTransport(transports._FlowControlMixin):
-    """What every transport with a native `SocketCore` shares: the lifecycle, reading, flow
-    control and the private attributes CPython's helpers read."""
+class _NativeTransport(transports.BaseTransport):
+    """What every transport around a native core shares: the protocol, closing, the
+    unclosed-transport warning, and the private attributes CPython's helpers read."""
 
     _extra: dict[str, Any]
+    _core: _ferroloop.SocketCore | _ferroloop.PipeCore
+    _fatal_message = "Fatal error on transport"
+
+    def _owned(self) -> Any:
+        """The socket or pipe this transport closes when done (None once closed)."""
+        raise NotImplementedError
+
+    def _start(
+        self,
+        loop: Loop,
+        protocol: protocols.BaseProtocol,
+        waiter: futures.Future[None] | None,
+        start_reading: bool = True,
+    ) -> None:
+        self._core.set_protocol(protocol)
+        loop.call_soon(protocol.connection_made, self)
+        # Reading (or watching for a vanished reader) starts only once connection_made() has run.
+        if start_reading:
+            loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        owned = self._owned() if getattr(self, "_core", None) is not None else None
+        if owned is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            owned.close()
+
+    def get_protocol(self) -> protocols.BaseProtocol:
+        # None once the connection is lost, as with asyncio's transports.
+        return cast("protocols.BaseProtocol", self._core.get_protocol())
+
+    def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
+        self._core.set_protocol(protocol)
+
+    def is_closing(self) -> bool:
+        return self._core.is_closing()
+
+    def close(self) -> None:
+        self._core.close()
+
+    @property
+    def _loop(self) -> Loop | None:
+        return cast("Loop | None", self._core._loop)
+
+    @property
+    def _protocol(self) -> protocols.BaseProtocol | None:
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self) -> bool:
+        return self._core.is_closing()
+
+    def _fatal_error(self, exc: BaseException, message: str | None = None) -> None:
+        self._core._fatal_error(exc, message or self._fatal_message)
+
+
+class _WriteSide(_NativeTransport):
+    """The write half every writing transport shares: the buffer, its water marks, abort."""
+
+    _core: _ferroloop.SocketCore | _ferroloop.PipeCore
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core._set_write_buffer_limits(*_water_marks(high, low))
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
+
+    @property
+    def _conn_lost(self) -> int:
+        return self._core._conn_lost
+
+
+class _CoreTransport(_WriteSide, transports._FlowControlMixin):
+    """What the socket transports share: reading, flow control, and the socket's extra info."""
+
     _core: _ferroloop.SocketCore
 
     def _setup(self, loop: Loop, sock: socket.socket, extra: dict[str, Any] | None) -> None:
@@ -65,14 +151,18 @@ class _CoreTransport(transports._FlowControlMixin):
                 self._extra["peername"] = None
         self._sock_fd = sock.fileno()
 
-    def _start(self, loop: Loop, protocol: protocols.BaseProtocol, waiter: futures.Future[None] | None) -> None:
-        self._core.set_protocol(protocol)
+    def _start(
+        self,
+        loop: Loop,
+        protocol: protocols.BaseProtocol,
+        waiter: futures.Future[None] | None,
+        start_reading: bool = True,
+    ) -> None:
         loop._transports[self._sock_fd] = self
-        loop.call_soon(protocol.connection_made, self)
-        # Reading starts only once connection_made() has run.
-        loop.call_soon(self._core._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+        super()._start(loop, protocol, waiter, start_reading)
+
+    def _owned(self) -> Any:
+        return self._core._sock
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -89,25 +179,6 @@ class _CoreTransport(transports._FlowControlMixin):
             info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
 
-    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        core = getattr(self, "_core", None)
-        sock = core._sock if core is not None else None
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
-
-    # -- the asyncio transport API, answered by the core ----------------------------------------
-
-    def get_protocol(self) -> protocols.BaseProtocol:
-        # None once the connection is lost, as with asyncio's transports.
-        return cast("protocols.BaseProtocol", self._core.get_protocol())
-
-    def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
-        self._core.set_protocol(protocol)
-
-    def is_closing(self) -> bool:
-        return self._core.is_closing()
-
     def is_reading(self) -> bool:
         return self._core.is_reading()
 
@@ -117,21 +188,6 @@ class _CoreTransport(transports._FlowControlMixin):
     def resume_reading(self) -> None:
         self._core.resume_reading()
 
-    def close(self) -> None:
-        self._core.close()
-
-    def abort(self) -> None:
-        self._core.abort()
-
-    def get_write_buffer_size(self) -> int:
-        return self._core.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._core.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._core._set_write_buffer_limits(*_water_marks(high, low))
-
     # -- what CPython's loop helpers (sendfile, start_tls) and tests read ------------------------
 
     @property
@@ -139,20 +195,8 @@ class _CoreTransport(transports._FlowControlMixin):
         return self._core._sock
 
     @property
-    def _loop(self) -> Loop | None:
-        return cast("Loop | None", self._core._loop)
-
-    @property
-    def _protocol(self) -> protocols.BaseProtocol | None:
-        return self._core.get_protocol()
-
-    @property
     def _server(self) -> base_events.Server | None:
         return self._core._server
-
-    @property
-    def _protocol_paused(self) -> bool:
-        return self._core._protocol_paused
 
     @property
     def _high_water(self) -> int:
@@ -162,19 +206,8 @@ class _CoreTransport(transports._FlowControlMixin):
     def _low_water(self) -> int:
         return self._core.get_write_buffer_limits()[0]
 
-    @property
-    def _closing(self) -> bool:
-        return self._core.is_closing()
-
-    @property
-    def _conn_lost(self) -> int:
-        return self._core._conn_lost
-
     def _force_close(self, exc: BaseException | None) -> None:
         self._core._force_close(exc)
-
-    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        self._core._fatal_error(exc, message)
 
 
 class SocketTransport(_CoreTransport):
@@ -265,19 +298,14 @@ def _pipe_fd(pipe: Any, allowed: tuple[Callable[[int], bool], ...], message: str
     return fileno
 
 
-class _PipeTransport(transports.BaseTransport):
+class _PipeTransport(_NativeTransport):
     """What both pipe directions share."""
 
-    _extra: dict[str, Any]
     _core: _ferroloop.PipeCore
+    _fatal_message = "Fatal error on pipe transport"
 
-    def _start(self, loop: Loop, protocol: protocols.BaseProtocol, waiter: futures.Future[None] | None) -> None:
-        self._core.set_protocol(protocol)
-        loop.call_soon(protocol.connection_made, self)
-        # Watching starts only once connection_made() has run.
-        loop.call_soon(self._core._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+    def _owned(self) -> Any:
+        return self._core._pipe
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -299,25 +327,6 @@ class _PipeTransport(transports.BaseTransport):
             info.append("closed")
         return "<{}>".format(" ".join(info))
 
-    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        core = getattr(self, "_core", None)
-        pipe = core._pipe if core is not None else None
-        if pipe is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            pipe.close()
-
-    def get_protocol(self) -> protocols.BaseProtocol:
-        return cast("protocols.BaseProtocol", self._core.get_protocol())
-
-    def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
-        self._core.set_protocol(protocol)
-
-    def is_closing(self) -> bool:
-        return self._core.is_closing()
-
-    def close(self) -> None:
-        self._core.close()
-
     @property
     def _pipe(self) -> Any:
         return self._core._pipe
@@ -326,21 +335,6 @@ class _PipeTransport(transports.BaseTransport):
     def _pipe(self, pipe: Any) -> None:
         # Tests (CPython's among them) forget a pipe they closed themselves this way.
         self._core._pipe = pipe
-
-    @property
-    def _loop(self) -> Loop | None:
-        return cast("Loop | None", self._core._loop)
-
-    @property
-    def _protocol(self) -> protocols.BaseProtocol | None:
-        return self._core.get_protocol()
-
-    @property
-    def _closing(self) -> bool:
-        return self._core.is_closing()
-
-    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on pipe transport") -> None:
-        self._core._fatal_error(exc, message)
 
 
 class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
@@ -374,8 +368,10 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         self._core.resume_reading()
 
 
-class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transports.WriteTransport):
+class WritePipeTransport(_PipeTransport, _WriteSide, transports._FlowControlMixin, transports.WriteTransport):
     """The write end of a pipe, FIFO, socket or character device, written natively."""
+
+    _core: _ferroloop.PipeCore
 
     def __init__(
         self,
@@ -396,16 +392,8 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
         mode = os.fstat(self._fileno).st_mode
         # Only pipes and sockets turn readable when their reader goes away; a character device
         # is never watched for it (as with asyncio).
-        self._watch_peer = stat.S_ISSOCK(mode) or (stat.S_ISFIFO(mode) and not sys.platform.startswith("aix"))
-        self._start(loop, protocol, waiter)
-
-    def _start(self, loop: Loop, protocol: protocols.BaseProtocol, waiter: futures.Future[None] | None) -> None:
-        self._core.set_protocol(protocol)
-        loop.call_soon(protocol.connection_made, self)
-        if self._watch_peer:
-            loop.call_soon(self._core._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+        watch_peer = stat.S_ISSOCK(mode) or (stat.S_ISFIFO(mode) and not sys.platform.startswith("aix"))
+        self._start(loop, protocol, waiter, start_reading=watch_peer)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._core.write(data)
@@ -415,26 +403,6 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
 
     def can_write_eof(self) -> bool:
         return True
-
-    def abort(self) -> None:
-        self._core.abort()
-
-    def get_write_buffer_size(self) -> int:
-        return self._core.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._core.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._core._set_write_buffer_limits(*_water_marks(high, low))
-
-    @property
-    def _protocol_paused(self) -> bool:
-        return self._core._protocol_paused
-
-    @property
-    def _conn_lost(self) -> int:
-        return self._core._conn_lost
 
 
 class NativeTransports:

@@ -10,6 +10,7 @@
 //! The core's state is borrowed only in Rust-only sections, never across a call into Python:
 //! a protocol callback may call back into the transport (write, close, pause) at any time.
 
+pub mod link;
 pub mod pipe;
 pub mod sock_wait;
 pub mod socket;
@@ -197,4 +198,30 @@ fn queue_rest(buffer: &mut WriteBuffer<SharedBytes>, data: &Bound<'_, PyAny>, by
         }),
         _ => buffer.push_copy(rest),
     }
+}
+
+/// `write()`'s common path: when nothing is queued, hand `data` to the kernel at once with `send_now`
+/// (the fd's `send()` or `write()`); queue whatever it did not take.
+fn send_or_queue(
+    buffer: &mut WriteBuffer<SharedBytes>,
+    data: &Bound<'_, PyAny>,
+    send_now: impl FnOnce(&[u8]) -> io::Result<usize>,
+) -> PyResult<WriteOutcome> {
+    with_buffer(data, |bytes| {
+        if bytes.is_empty() {
+            return WriteOutcome::Done;
+        }
+        let add_writer = buffer.is_empty();
+        let mut sent = 0;
+        if add_writer {
+            match send_now(bytes) {
+                Ok(n) if n == bytes.len() => return WriteOutcome::Done,
+                Ok(n) => sent = n,
+                Err(err) if is_retry(&err) => {}
+                Err(err) => return WriteOutcome::Failed(err),
+            }
+        }
+        queue_rest(buffer, data, bytes, sent);
+        WriteOutcome::Buffered { add_writer }
+    })
 }

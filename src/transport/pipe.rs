@@ -12,43 +12,48 @@
 //!   closes, with `BrokenPipeError` if data was still queued. `write_eof()` and `close()` close
 //!   it once the queue is sent.
 
+use super::link::{self, Core, Link};
 use super::write_buffer::{WriteBuffer, MAX_IOVECS};
 use super::{
-    is_fatal, is_os_error, is_retry, logger, queue_rest, report, with_buffer, with_read_buffer, SharedBytes,
-    WriteOutcome, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    is_fatal, is_os_error, is_retry, logger, send_or_queue, with_read_buffer, SharedBytes, WriteOutcome,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 use crate::errors::os_error;
-use crate::event_loop::{closed_error, LoopBase, Side};
+use crate::event_loop::{LoopBase, Side};
 use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
-
 #[pyclass(module = "ferroloop._ferroloop")]
 #[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, kept one for one
 pub struct PipeCore {
-    /// `None` once `connection_lost` has been called.
-    event_loop: Option<Py<LoopBase>>,
-    fd: RawFd,
+    /// The loop, the fd, the protocol, the Python transport and the flow control.
+    link: Link,
     /// The pipe object the user passed; closed after `connection_lost`.
     pipe: Option<Py<PyAny>>,
-    transport: Option<Py<PyAny>>,
-    protocol: Option<Py<PyAny>>,
     /// A write pipe (else a read pipe).
     writer: bool,
     closing: bool,
     paused: bool,
     conn_lost: u32,
     buffer: WriteBuffer<SharedBytes>,
-    high_water: usize,
-    low_water: usize,
-    protocol_paused: bool,
-    reading: bool,
-    writing: bool,
+}
+
+impl Core for PipeCore {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+
+    fn link_mut(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    fn unsent(&self) -> usize {
+        self.buffer.len()
+    }
 }
 
 fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -72,92 +77,14 @@ fn write_slices(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
 }
 
 impl PipeCore {
-    fn loop_ref(&self, py: Python<'_>) -> Option<Py<LoopBase>> {
-        self.event_loop.as_ref().map(|l| l.clone_ref(py))
-    }
-
     fn is_reading_now(&self) -> bool {
         !self.paused && !self.closing
-    }
-
-    fn watch(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
-        let py = slf.py();
-        let (event_loop, fd) = {
-            let s = slf.borrow();
-            (s.loop_ref(py), s.fd)
-        };
-        let event_loop = event_loop.ok_or_else(closed_error)?;
-        let callback = match side {
-            Side::Read => slf.getattr(intern!(py, "_read_ready"))?,
-            Side::Write => slf.getattr(intern!(py, "_write_ready"))?,
-        };
-        LoopBase::watch_fd(event_loop.bind(py), fd, side, callback, PyTuple::empty(py))?;
-        let mut s = slf.borrow_mut();
-        match side {
-            Side::Read => s.reading = true,
-            Side::Write => s.writing = true,
-        }
-        Ok(())
-    }
-
-    fn unwatch(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
-        let py = slf.py();
-        let (event_loop, fd) = {
-            let mut s = slf.borrow_mut();
-            match side {
-                Side::Read => s.reading = false,
-                Side::Write => s.writing = false,
-            }
-            (s.loop_ref(py), s.fd)
-        };
-        if let Some(event_loop) = event_loop {
-            LoopBase::unwatch_fd(event_loop.bind(py), fd, side)?;
-        }
-        Ok(())
-    }
-
-    fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
-        let py = slf.py();
-        let event_loop = slf.borrow().loop_ref(py).ok_or_else(closed_error)?;
-        LoopBase::schedule(event_loop.bind(py), "call_soon", callback, args, None, false)?;
-        Ok(())
     }
 
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
-        Self::call_soon(slf, callback, PyTuple::new(py, [exc])?)
-    }
-
-    fn debug(slf: &Bound<'_, Self>) -> bool {
-        let py = slf.py();
-        slf.borrow()
-            .event_loop
-            .as_ref()
-            .is_some_and(|l| l.borrow(py).debug_enabled())
-    }
-
-    /// `logger.<level>(format, transport[, message], exc_info=exc)` in debug mode.
-    fn log_debug(
-        slf: &Bound<'_, Self>,
-        level: &Bound<'_, PyString>,
-        format: &str,
-        extra: Option<(&str, &Bound<'_, PyAny>)>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if !Self::debug(slf) {
-            return Ok(());
-        }
-        let transport = slf.borrow().transport.as_ref().map(|t| t.clone_ref(py));
-        match extra {
-            None => logger(py)?.call_method1(level, (format, transport))?,
-            Some((message, exc)) => {
-                let kwargs = PyDict::new(py);
-                kwargs.set_item(intern!(py, "exc_info"), exc)?;
-                logger(py)?.call_method(level, (format, transport, message), Some(&kwargs))?
-            }
-        };
-        Ok(())
+        link::call_soon(slf, callback, PyTuple::new(py, [exc])?)
     }
 
     fn fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
@@ -168,19 +95,9 @@ impl PipeCore {
         let quiet = is_os_error(exc)
             && (writer || exc.getattr(intern!(py, "errno"))?.extract::<Option<i32>>()? == Some(libc::EIO));
         if quiet {
-            Self::log_debug(slf, intern!(py, "debug"), "%r: %s", Some((message, exc)))?;
+            link::log_debug(slf, intern!(py, "debug"), "%r: %s", Some((message, exc)))?;
         } else {
-            let (event_loop, transport, protocol) = {
-                let s = slf.borrow();
-                (
-                    s.loop_ref(py),
-                    s.transport.as_ref().map(|t| t.clone_ref(py)),
-                    s.protocol.as_ref().map(|p| p.clone_ref(py)),
-                )
-            };
-            if let Some(event_loop) = event_loop {
-                report(event_loop.bind(py), message, exc, transport.as_ref(), protocol.as_ref())?;
-            }
+            link::report_error(slf, message, exc)?;
         }
         Self::close_with(slf, exc.clone().unbind())
     }
@@ -204,83 +121,21 @@ impl PipeCore {
         };
         drop(released);
         if writer && had_buffer {
-            Self::unwatch(slf, Side::Write)?;
+            link::unwatch(slf, Side::Write)?;
         }
-        Self::unwatch(slf, Side::Read)?;
+        link::unwatch(slf, Side::Read)?;
         Self::schedule_connection_lost(slf, exc)
-    }
-
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut s = slf.borrow_mut();
-            if s.buffer.len() <= s.high_water || s.protocol_paused {
-                return Ok(());
-            }
-            s.protocol_paused = true;
-            s.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        if let Some(protocol) = protocol {
-            if let Err(err) = protocol.call_method0(py, intern!(py, "pause_writing")) {
-                Self::report_flow_error(slf, err, "protocol.pause_writing() failed")?;
-            }
-        }
-        Ok(())
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut s = slf.borrow_mut();
-            if !s.protocol_paused || s.buffer.len() > s.low_water {
-                return Ok(());
-            }
-            s.protocol_paused = false;
-            s.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        if let Some(protocol) = protocol {
-            if let Err(err) = protocol.call_method0(py, intern!(py, "resume_writing")) {
-                Self::report_flow_error(slf, err, "protocol.resume_writing() failed")?;
-            }
-        }
-        Ok(())
-    }
-
-    fn report_flow_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        let (event_loop, transport, protocol) = {
-            let s = slf.borrow();
-            (
-                s.loop_ref(py),
-                s.transport.as_ref().map(|t| t.clone_ref(py)),
-                s.protocol.as_ref().map(|p| p.clone_ref(py)),
-            )
-        };
-        if let Some(event_loop) = event_loop {
-            let exc = err.into_value(py);
-            report(
-                event_loop.bind(py),
-                message,
-                exc.bind(py),
-                transport.as_ref(),
-                protocol.as_ref(),
-            )?;
-        }
-        Ok(())
     }
 
     fn read_ready_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let fd = slf.borrow().fd;
+        let fd = slf.borrow().link.fd;
         let outcome = with_read_buffer(|buf| read(fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n]))));
         match outcome {
             Err(err) if is_retry(&err) => Ok(()),
             Err(err) => Self::fail(slf, os_error(&err), "Fatal read error on pipe transport"),
             Ok(Some(data)) => {
-                let protocol = slf.borrow().protocol.as_ref().map(|p| p.clone_ref(py));
+                let protocol = slf.borrow().link.protocol.as_ref().map(|p| p.clone_ref(py));
                 if let Some(protocol) = protocol {
                     // Unlike a socket transport's, an exception here is the callback's: it goes
                     // to the loop's exception handler and the pipe stays open.
@@ -289,13 +144,13 @@ impl PipeCore {
                 Ok(())
             }
             Ok(None) => {
-                Self::log_debug(slf, intern!(py, "info"), "%r was closed by peer", None)?;
+                link::log_debug(slf, intern!(py, "info"), "%r was closed by peer", None)?;
                 slf.borrow_mut().closing = true;
-                Self::unwatch(slf, Side::Read)?;
-                let protocol = slf.borrow().protocol.as_ref().map(|p| p.clone_ref(py));
+                link::unwatch(slf, Side::Read)?;
+                let protocol = slf.borrow().link.protocol.as_ref().map(|p| p.clone_ref(py));
                 if let Some(protocol) = protocol {
                     let eof_received = protocol.bind(py).getattr(intern!(py, "eof_received"))?;
-                    Self::call_soon(slf, eof_received, PyTuple::empty(py))?;
+                    link::call_soon(slf, eof_received, PyTuple::empty(py))?;
                 }
                 Self::schedule_connection_lost(slf, py.None())
             }
@@ -305,7 +160,7 @@ impl PipeCore {
     /// A write pipe's fd turned readable: the reading end was closed.
     fn read_ready_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        Self::log_debug(slf, intern!(py, "info"), "%r was closed by peer", None)?;
+        link::log_debug(slf, intern!(py, "info"), "%r was closed by peer", None)?;
         if slf.borrow().buffer.is_empty() {
             Self::close_with(slf, py.None())
         } else {
@@ -327,30 +182,22 @@ impl PipeCore {
         writer: bool,
     ) -> PyResult<Self> {
         Ok(PipeCore {
-            event_loop: Some(event_loop.cast::<LoopBase>()?.clone().unbind()),
-            fd,
+            link: Link::new(event_loop.cast::<LoopBase>()?.clone().unbind(), fd, transport),
             pipe: Some(pipe),
-            transport: Some(transport),
-            protocol: None,
             writer,
             closing: false,
             paused: false,
             conn_lost: 0,
             buffer: WriteBuffer::default(),
-            high_water: DEFAULT_HIGH_WATER,
-            low_water: DEFAULT_HIGH_WATER / 4,
-            protocol_paused: false,
-            reading: false,
-            writing: false,
         })
     }
 
     fn set_protocol(&mut self, protocol: Py<PyAny>) {
-        self.protocol = Some(protocol);
+        self.link.protocol = Some(protocol);
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol.as_ref().map(|p| p.clone_ref(py))
+        self.link.protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     fn is_closing(&self) -> bool {
@@ -368,7 +215,7 @@ impl PipeCore {
             s.writer || s.is_reading_now()
         };
         if start {
-            Self::watch(slf, Side::Read)?;
+            link::watch(slf, Side::Read)?;
         }
         Ok(())
     }
@@ -382,8 +229,8 @@ impl PipeCore {
             }
             s.paused = true;
         }
-        Self::unwatch(slf, Side::Read)?;
-        Self::log_debug(slf, intern!(py, "debug"), "%r pauses reading", None)
+        link::unwatch(slf, Side::Read)?;
+        link::log_debug(slf, intern!(py, "debug"), "%r pauses reading", None)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -395,8 +242,8 @@ impl PipeCore {
             }
             s.paused = false;
         }
-        Self::watch(slf, Side::Read)?;
-        Self::log_debug(slf, intern!(py, "debug"), "%r resumes reading", None)
+        link::watch(slf, Side::Read)?;
+        link::log_debug(slf, intern!(py, "debug"), "%r resumes reading", None)
     }
 
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -440,24 +287,8 @@ impl PipeCore {
         }
         let outcome = {
             let mut s = slf.borrow_mut();
-            let fd = s.fd;
-            with_buffer(data, |bytes| {
-                if bytes.is_empty() {
-                    return WriteOutcome::Done;
-                }
-                let add_writer = s.buffer.is_empty();
-                let mut sent = 0;
-                if add_writer {
-                    match write_slices(fd, &[IoSlice::new(bytes)]) {
-                        Ok(n) if n == bytes.len() => return WriteOutcome::Done,
-                        Ok(n) => sent = n,
-                        Err(err) if is_retry(&err) => {}
-                        Err(err) => return WriteOutcome::Failed(err),
-                    }
-                }
-                queue_rest(&mut s.buffer, data, bytes, sent);
-                WriteOutcome::Buffered { add_writer }
-            })?
+            let fd = s.link.fd;
+            send_or_queue(&mut s.buffer, data, |bytes| write_slices(fd, &[IoSlice::new(bytes)]))?
         };
         match outcome {
             WriteOutcome::Done => Ok(()),
@@ -465,12 +296,7 @@ impl PipeCore {
                 slf.borrow_mut().conn_lost += 1;
                 Self::fail(slf, os_error(&err), "Fatal write error on pipe transport")
             }
-            WriteOutcome::Buffered { add_writer } => {
-                if add_writer {
-                    Self::watch(slf, Side::Write)?;
-                }
-                Self::maybe_pause_protocol(slf)
-            }
+            WriteOutcome::Buffered { add_writer } => link::queued(slf, add_writer),
         }
     }
 
@@ -483,7 +309,7 @@ impl PipeCore {
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = s.buffer.io_slices(&mut slices);
-            write_slices(s.fd, &slices[..n])
+            write_slices(s.link.fd, &slices[..n])
         };
         match written {
             Err(err) if is_retry(&err) => Ok(()),
@@ -495,7 +321,7 @@ impl PipeCore {
                 };
                 drop(released);
                 // Removed here: with the buffer now empty, the close below would not.
-                Self::unwatch(slf, Side::Write)?;
+                link::unwatch(slf, Side::Write)?;
                 Self::fail(slf, os_error(&err), "Fatal write error on pipe transport")
             }
             Ok(n) => {
@@ -508,11 +334,11 @@ impl PipeCore {
                 if !drained {
                     return Ok(());
                 }
-                Self::unwatch(slf, Side::Write)?;
+                link::unwatch(slf, Side::Write)?;
                 // May write more.
-                Self::maybe_resume_protocol(slf)?;
+                link::maybe_resume_protocol(slf)?;
                 if slf.borrow().closing {
-                    Self::unwatch(slf, Side::Read)?;
+                    link::unwatch(slf, Side::Read)?;
                     Self::_call_connection_lost(slf, py.None())?;
                 }
                 Ok(())
@@ -531,7 +357,7 @@ impl PipeCore {
             s.buffer.is_empty()
         };
         if drained {
-            Self::unwatch(slf, Side::Read)?;
+            link::unwatch(slf, Side::Read)?;
             Self::schedule_connection_lost(slf, py.None())?;
         }
         Ok(())
@@ -565,15 +391,15 @@ impl PipeCore {
 
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let protocol = slf.borrow().protocol.as_ref().map(|p| p.clone_ref(py));
+        let protocol = slf.borrow().link.protocol.as_ref().map(|p| p.clone_ref(py));
         let lost = protocol.map_or(Ok(()), |p| {
             p.call_method1(py, intern!(py, "connection_lost"), (exc,)).map(drop)
         });
         let (pipe, transport, released) = {
             let mut s = slf.borrow_mut();
-            s.protocol = None;
-            s.event_loop = None;
-            (s.pipe.take(), s.transport.take(), s.buffer.clear())
+            s.link.protocol = None;
+            s.link.event_loop = None;
+            (s.pipe.take(), s.link.transport.take(), s.buffer.clear())
         };
         drop(released);
         drop(transport);
@@ -586,16 +412,11 @@ impl PipeCore {
     }
 
     fn get_write_buffer_limits(&self) -> (usize, usize) {
-        (self.low_water, self.high_water)
+        (self.link.low_water, self.link.high_water)
     }
 
     fn _set_write_buffer_limits(slf: &Bound<'_, Self>, high: usize, low: usize) -> PyResult<()> {
-        {
-            let mut s = slf.borrow_mut();
-            s.high_water = high;
-            s.low_water = low;
-        }
-        Self::maybe_pause_protocol(slf)
+        link::set_write_buffer_limits(slf, high, low)
     }
 
     #[getter]
@@ -610,12 +431,12 @@ impl PipeCore {
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Option<Py<LoopBase>> {
-        self.loop_ref(py)
+        self.link.loop_ref(py)
     }
 
     #[getter]
     fn _protocol_paused(&self) -> bool {
-        self.protocol_paused
+        self.link.protocol_paused
     }
 
     #[getter]
@@ -625,19 +446,17 @@ impl PipeCore {
 
     #[getter]
     fn _reader_installed(&self) -> bool {
-        self.reading
+        self.link.reading
     }
 
     #[getter]
     fn _writer_installed(&self) -> bool {
-        self.writing
+        self.link.writing
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.event_loop)?;
+        self.link.traverse(&visit)?;
         visit.call(&self.pipe)?;
-        visit.call(&self.transport)?;
-        visit.call(&self.protocol)?;
         for shared in self.buffer.shared() {
             shared.visit(&visit)?;
         }
@@ -645,10 +464,8 @@ impl PipeCore {
     }
 
     fn __clear__(&mut self) {
-        self.event_loop = None;
+        self.link.clear();
         self.pipe = None;
-        self.transport = None;
-        self.protocol = None;
         drop(self.buffer.clear());
     }
 }

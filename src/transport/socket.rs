@@ -16,24 +16,22 @@
 
 mod datagram;
 
+use super::link::{self, Core, Link};
 use super::write_buffer::{WriteBuffer, MAX_IOVECS};
 use super::{
-    is_fatal, is_os_error, is_retry, logger, queue_rest, report, with_buffer, with_read_buffer, SharedBytes,
-    WriteOutcome, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    is_fatal, is_os_error, is_retry, logger, send_or_queue, with_read_buffer, SharedBytes, WriteOutcome,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 use crate::errors::os_error;
 use crate::event_loop::{closed_error, LoopBase, Side};
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
-
-/// asyncio's default high-water mark; the low one is a quarter of the high one.
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -48,13 +46,9 @@ enum Reader {
 #[pyclass(module = "ferroloop._ferroloop")]
 #[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, kept one for one
 pub struct SocketCore {
-    /// `None` once `connection_lost` has been called, as asyncio's transports drop `_loop`.
-    event_loop: Option<Py<LoopBase>>,
-    fd: RawFd,
+    /// The loop, the fd, the protocol, the Python transport and the flow control.
+    link: Link,
     sock: Option<Py<PyAny>>,
-    /// The `asyncio.Transport` the protocol sees (passed to exception handlers).
-    transport: Option<Py<PyAny>>,
-    protocol: Option<Py<PyAny>>,
     /// The protocol's read callbacks, looked up once per `set_protocol` (as uvloop does); `None`
     /// when the protocol lacks them, so the `AttributeError` surfaces at the first read.
     reader: Option<Reader>,
@@ -63,9 +57,6 @@ pub struct SocketCore {
     /// The future `sendfile()` waits on until the write buffer is empty.
     empty_waiter: Option<Py<PyAny>>,
     buffer: WriteBuffer<SharedBytes>,
-    high_water: usize,
-    low_water: usize,
-    protocol_paused: bool,
     protocol_connected: bool,
     /// Counts `connection_lost` scheduling plus writes after it, as asyncio's `_conn_lost`.
     conn_lost: u32,
@@ -74,9 +65,6 @@ pub struct SocketCore {
     paused: bool,
     /// `write_eof()` was called.
     eof: bool,
-    /// Whether the loop has our reader / writer installed (for `repr`).
-    reading: bool,
-    writing: bool,
     /// Set for datagram endpoints (UDP, Unix datagram), which queue whole datagrams instead
     /// of a byte stream.
     datagram: Option<datagram::DatagramState>,
@@ -171,6 +159,20 @@ fn shutdown_write(fd: RawFd) -> PyResult<()> {
     Ok(())
 }
 
+impl Core for SocketCore {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+
+    fn link_mut(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    fn unsent(&self) -> usize {
+        SocketCore::unsent(self)
+    }
+}
+
 /// What was left unsent when a transport let go of its buffers; dropped once no borrow is held.
 type Unsent = (Vec<SharedBytes>, VecDeque<datagram::Datagram>);
 
@@ -194,87 +196,14 @@ impl SocketCore {
         !self.closing && !self.paused
     }
 
-    fn debug(&self, py: Python<'_>) -> bool {
-        self.event_loop.as_ref().is_some_and(|l| l.borrow(py).debug_enabled())
-    }
-
     fn ref_of(py: Python<'_>, obj: Option<&Py<PyAny>>) -> Option<Py<PyAny>> {
         obj.map(|o| o.clone_ref(py))
     }
 
-    /// Installs our reader or writer in the loop.
-    fn watch(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
-        let py = slf.py();
-        let (event_loop, fd) = {
-            let s = slf.borrow();
-            (s.event_loop.as_ref().map(|l| l.clone_ref(py)), s.fd)
-        };
-        let event_loop = event_loop.ok_or_else(closed_error)?;
-        let callback = match side {
-            Side::Read => slf.getattr(intern!(py, "_read_ready"))?,
-            Side::Write => slf.getattr(intern!(py, "_write_ready"))?,
-        };
-        LoopBase::watch_fd(event_loop.bind(py), fd, side, callback, PyTuple::empty(py))?;
-        let mut s = slf.borrow_mut();
-        match side {
-            Side::Read => s.reading = true,
-            Side::Write => s.writing = true,
-        }
-        Ok(())
-    }
-
-    fn unwatch(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
-        let py = slf.py();
-        let (event_loop, fd) = {
-            let mut s = slf.borrow_mut();
-            match side {
-                Side::Read => s.reading = false,
-                Side::Write => s.writing = false,
-            }
-            (s.event_loop.as_ref().map(|l| l.clone_ref(py)), s.fd)
-        };
-        if let Some(event_loop) = event_loop {
-            LoopBase::unwatch_fd(event_loop.bind(py), fd, side)?;
-        }
-        Ok(())
-    }
-
+    /// `loop.call_soon(self.<method>, arg)`.
     fn call_soon(slf: &Bound<'_, Self>, method: &Bound<'_, pyo3::types::PyString>, arg: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let event_loop = slf.borrow().event_loop.as_ref().map(|l| l.clone_ref(py));
-        let event_loop = event_loop.ok_or_else(closed_error)?;
-        let callback = slf.getattr(method)?;
-        LoopBase::schedule(
-            event_loop.bind(py),
-            "call_soon",
-            callback,
-            PyTuple::new(py, [arg])?,
-            None,
-            false,
-        )?;
-        Ok(())
-    }
-
-    /// Logs `message` at debug level with the transport as the first argument, when the loop is
-    /// in debug mode (asyncio's transports do the same).
-    fn log_debug(slf: &Bound<'_, Self>, format: &str, extra: Option<(&str, &Bound<'_, PyAny>)>) -> PyResult<()> {
-        let py = slf.py();
-        let transport = {
-            let s = slf.borrow();
-            if !s.debug(py) {
-                return Ok(());
-            }
-            Self::ref_of(py, s.transport.as_ref())
-        };
-        match extra {
-            None => logger(py)?.call_method1(intern!(py, "debug"), (format, transport))?,
-            Some((message, exc)) => {
-                let kwargs = PyDict::new(py);
-                kwargs.set_item(intern!(py, "exc_info"), exc)?;
-                logger(py)?.call_method(intern!(py, "debug"), (format, transport, message), Some(&kwargs))?
-            }
-        };
-        Ok(())
+        link::call_soon(slf, slf.getattr(method)?, PyTuple::new(py, [arg])?)
     }
 
     /// asyncio's `_fatal_error`: report (OS errors only in debug mode), then force-close.
@@ -290,19 +219,9 @@ impl SocketCore {
     fn fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
         let py = slf.py();
         if is_os_error(exc) {
-            Self::log_debug(slf, "%r: %s", Some((message, exc)))?;
+            link::log_debug(slf, intern!(py, "debug"), "%r: %s", Some((message, exc)))?;
         } else {
-            let (event_loop, transport, protocol) = {
-                let s = slf.borrow();
-                (
-                    s.event_loop.as_ref().map(|l| l.clone_ref(py)),
-                    Self::ref_of(py, s.transport.as_ref()),
-                    Self::ref_of(py, s.protocol.as_ref()),
-                )
-            };
-            if let Some(event_loop) = event_loop {
-                report(event_loop.bind(py), message, exc, transport.as_ref(), protocol.as_ref())?;
-            }
+            link::report_error(slf, message, exc)?;
         }
         Self::force_close(slf, Some(exc.clone().unbind()))
     }
@@ -323,10 +242,10 @@ impl SocketCore {
         };
         drop(released);
         if had_buffer {
-            Self::unwatch(slf, Side::Write)?;
+            link::unwatch(slf, Side::Write)?;
         }
         if !was_closing {
-            Self::unwatch(slf, Side::Read)?;
+            link::unwatch(slf, Side::Read)?;
         }
         Self::call_soon(
             slf,
@@ -335,74 +254,10 @@ impl SocketCore {
         )
     }
 
-    /// `protocol.pause_writing()` once the buffer is above the high-water mark.
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut s = slf.borrow_mut();
-            if s.unsent() <= s.high_water || s.protocol_paused {
-                return Ok(());
-            }
-            s.protocol_paused = true;
-            Self::ref_of(py, s.protocol.as_ref())
-        };
-        if let Some(protocol) = protocol {
-            if let Err(err) = protocol.call_method0(py, intern!(py, "pause_writing")) {
-                Self::report_flow_error(slf, err, "protocol.pause_writing() failed")?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `protocol.resume_writing()` once the buffer is down to the low-water mark.
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut s = slf.borrow_mut();
-            if !s.protocol_paused || s.unsent() > s.low_water {
-                return Ok(());
-            }
-            s.protocol_paused = false;
-            Self::ref_of(py, s.protocol.as_ref())
-        };
-        if let Some(protocol) = protocol {
-            if let Err(err) = protocol.call_method0(py, intern!(py, "resume_writing")) {
-                Self::report_flow_error(slf, err, "protocol.resume_writing() failed")?;
-            }
-        }
-        Ok(())
-    }
-
-    fn report_flow_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        let (event_loop, transport, protocol) = {
-            let s = slf.borrow();
-            (
-                s.event_loop.as_ref().map(|l| l.clone_ref(py)),
-                Self::ref_of(py, s.transport.as_ref()),
-                Self::ref_of(py, s.protocol.as_ref()),
-            )
-        };
-        if let Some(event_loop) = event_loop {
-            let exc = err.into_value(py);
-            report(
-                event_loop.bind(py),
-                message,
-                exc.bind(py),
-                transport.as_ref(),
-                protocol.as_ref(),
-            )?;
-        }
-        Ok(())
-    }
-
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        Self::log_debug(slf, "%r received EOF", None)?;
-        let protocol = Self::ref_of(py, slf.borrow().protocol.as_ref());
+        link::log_debug(slf, intern!(slf.py(), "debug"), "%r received EOF", None)?;
+        let protocol = Self::ref_of(py, slf.borrow().link.protocol.as_ref());
         let Some(protocol) = protocol else {
             return Ok(());
         };
@@ -412,7 +267,7 @@ impl SocketCore {
         };
         if keep_open {
             // The protocol may still write; there is nothing more to read.
-            Self::unwatch(slf, Side::Read)
+            link::unwatch(slf, Side::Read)
         } else {
             Self::close(slf)
         }
@@ -425,7 +280,11 @@ impl SocketCore {
             Some(Reader::Buffered(g, u)) => Ok(Reader::Buffered(g.clone_ref(py), u.clone_ref(py))),
             None => {
                 // The protocol lacks its callbacks: look them up again, to raise asyncio's error.
-                let protocol = self.protocol.as_ref().map_or_else(|| py.None(), |p| p.clone_ref(py));
+                let protocol = self
+                    .link
+                    .protocol
+                    .as_ref()
+                    .map_or_else(|| py.None(), |p| p.clone_ref(py));
                 let protocol = protocol.bind(py);
                 if self.buffered {
                     Ok(Reader::Buffered(
@@ -475,35 +334,13 @@ impl SocketCore {
     fn write_bytes(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let outcome = {
             let mut s = slf.borrow_mut();
-            let fd = s.fd;
-            with_buffer(data, |bytes| {
-                if bytes.is_empty() {
-                    return WriteOutcome::Done;
-                }
-                let add_writer = s.buffer.is_empty();
-                let mut sent = 0;
-                if add_writer {
-                    // Nothing queued: try to send at once (the common case).
-                    match send_slices(fd, &[IoSlice::new(bytes)]) {
-                        Ok(n) if n == bytes.len() => return WriteOutcome::Done,
-                        Ok(n) => sent = n,
-                        Err(err) if is_retry(&err) => {}
-                        Err(err) => return WriteOutcome::Failed(err),
-                    }
-                }
-                queue_rest(&mut s.buffer, data, bytes, sent);
-                WriteOutcome::Buffered { add_writer }
-            })?
+            let fd = s.link.fd;
+            send_or_queue(&mut s.buffer, data, |bytes| send_slices(fd, &[IoSlice::new(bytes)]))?
         };
         match outcome {
             WriteOutcome::Done => Ok(()),
             WriteOutcome::Failed(err) => Self::fail(slf, os_error(&err), "Fatal write error on socket transport"),
-            WriteOutcome::Buffered { add_writer } => {
-                if add_writer {
-                    Self::watch(slf, Side::Write)?;
-                }
-                Self::maybe_pause_protocol(slf)
-            }
+            WriteOutcome::Buffered { add_writer } => link::queued(slf, add_writer),
         }
     }
 
@@ -561,26 +398,18 @@ impl SocketCore {
         let datagram =
             datagram.then(|| datagram::DatagramState::new(address.filter(|a| !a.is_none(py)), connected, family));
         Ok(SocketCore {
-            event_loop: Some(event_loop),
-            fd,
+            link: Link::new(event_loop, fd, transport),
             sock: Some(sock),
-            transport: Some(transport),
-            protocol: None,
             reader: None,
             buffered: false,
             server,
             empty_waiter: None,
             buffer: WriteBuffer::default(),
-            high_water: DEFAULT_HIGH_WATER,
-            low_water: DEFAULT_HIGH_WATER / 4,
-            protocol_paused: false,
             protocol_connected: false,
             conn_lost: 0,
             closing: false,
             paused: false,
             eof: false,
-            reading: false,
-            writing: false,
             datagram,
         })
     }
@@ -603,13 +432,13 @@ impl SocketCore {
                 .ok()
                 .map(|f| Reader::Data(f.unbind()))
         };
-        self.protocol = Some(protocol.clone().unbind());
+        self.link.protocol = Some(protocol.clone().unbind());
         self.protocol_connected = true;
         Ok(())
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        Self::ref_of(py, self.protocol.as_ref())
+        Self::ref_of(py, self.link.protocol.as_ref())
     }
 
     /// Send one datagram (datagram endpoints only).
@@ -642,7 +471,7 @@ impl SocketCore {
                 return Ok(());
             }
             s.eof = true;
-            (s.fd, s.buffer.is_empty())
+            (s.link.fd, s.buffer.is_empty())
         };
         if now {
             shutdown_write(fd)?;
@@ -671,8 +500,8 @@ impl SocketCore {
             }
             s.paused = true;
         }
-        Self::unwatch(slf, Side::Read)?;
-        Self::log_debug(slf, "%r pauses reading", None)
+        link::unwatch(slf, Side::Read)?;
+        link::log_debug(slf, intern!(slf.py(), "debug"), "%r pauses reading", None)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -684,14 +513,14 @@ impl SocketCore {
             s.paused = false;
         }
         Self::_start_reading(slf)?;
-        Self::log_debug(slf, "%r resumes reading", None)
+        link::log_debug(slf, intern!(slf.py(), "debug"), "%r resumes reading", None)
     }
 
     /// Installs the reader unless reading is paused or the transport is closing (asyncio's
     /// transport `_add_reader`).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         if slf.borrow().is_reading_now() {
-            Self::watch(slf, Side::Read)?;
+            link::watch(slf, Side::Read)?;
         }
         Ok(())
     }
@@ -705,7 +534,7 @@ impl SocketCore {
             }
             s.closing = true;
         }
-        Self::unwatch(slf, Side::Read)?;
+        link::unwatch(slf, Side::Read)?;
         let lose_now = {
             let mut s = slf.borrow_mut();
             let empty = s.unsent() == 0;
@@ -715,7 +544,7 @@ impl SocketCore {
             empty
         };
         if lose_now {
-            Self::unwatch(slf, Side::Write)?;
+            link::unwatch(slf, Side::Write)?;
             Self::call_soon(slf, intern!(py, "_call_connection_lost"), py.None())?;
         }
         Ok(())
@@ -739,18 +568,13 @@ impl SocketCore {
     }
 
     fn get_write_buffer_limits(&self) -> (usize, usize) {
-        (self.low_water, self.high_water)
+        (self.link.low_water, self.link.high_water)
     }
 
     /// Sets the water marks (already validated by the Python side) and pauses the protocol if
     /// the buffer is now above the high one.
     fn _set_write_buffer_limits(slf: &Bound<'_, Self>, high: usize, low: usize) -> PyResult<()> {
-        {
-            let mut s = slf.borrow_mut();
-            s.high_water = high;
-            s.low_water = low;
-        }
-        Self::maybe_pause_protocol(slf)
+        link::set_write_buffer_limits(slf, high, low)
     }
 
     /// The loop's reader callback: one read, delivered to the protocol.
@@ -764,7 +588,7 @@ impl SocketCore {
             if s.conn_lost > 0 {
                 return Ok(());
             }
-            (s.fd, s.reader(py))
+            (s.link.fd, s.reader(py))
         };
         let reader = match reader {
             Ok(reader) => reader,
@@ -801,12 +625,12 @@ impl SocketCore {
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = s.buffer.io_slices(&mut slices);
-            send_slices(s.fd, &slices[..n])
+            send_slices(s.link.fd, &slices[..n])
         };
         match sent {
             Err(err) if is_retry(&err) => Ok(()),
             Err(err) => {
-                Self::unwatch(slf, Side::Write)?;
+                link::unwatch(slf, Side::Write)?;
                 let released = slf.borrow_mut().buffer.clear();
                 drop(released);
                 let exc = os_error(&err).into_value(py).into_any();
@@ -821,7 +645,7 @@ impl SocketCore {
                 let released = slf.borrow_mut().buffer.consume(n);
                 drop(released);
                 // May write more (into the buffer).
-                Self::maybe_resume_protocol(slf)?;
+                link::maybe_resume_protocol(slf)?;
                 let (empty, waiter, closing, eof, fd) = {
                     let s = slf.borrow();
                     (
@@ -829,13 +653,13 @@ impl SocketCore {
                         Self::ref_of(py, s.empty_waiter.as_ref()),
                         s.closing,
                         s.eof,
-                        s.fd,
+                        s.link.fd,
                     )
                 };
                 if !empty {
                     return Ok(());
                 }
-                Self::unwatch(slf, Side::Write)?;
+                link::unwatch(slf, Side::Write)?;
                 if let Some(waiter) = waiter {
                     waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
                 }
@@ -855,7 +679,7 @@ impl SocketCore {
         let py = slf.py();
         let (protocol, connected) = {
             let s = slf.borrow();
-            (Self::ref_of(py, s.protocol.as_ref()), s.protocol_connected)
+            (Self::ref_of(py, s.link.protocol.as_ref()), s.protocol_connected)
         };
         let lost = match protocol.filter(|_| connected) {
             Some(protocol) => protocol
@@ -865,9 +689,9 @@ impl SocketCore {
         };
         let (sock, server, waiter, released) = {
             let mut s = slf.borrow_mut();
-            s.protocol = None;
+            s.link.protocol = None;
             s.reader = None;
-            s.event_loop = None;
+            s.link.event_loop = None;
             (s.sock.take(), s.server.take(), s.empty_waiter.take(), s.clear_unsent())
         };
         drop(released);
@@ -880,7 +704,7 @@ impl SocketCore {
             waiter.call_method1(py, intern!(py, "set_exception"), (error,))?;
         }
         // The transport is no longer needed by anything the loop holds; break the cycle.
-        let transport = slf.borrow_mut().transport.take();
+        let transport = slf.borrow_mut().link.transport.take();
         drop(transport);
         lost.and(closed).and(detached)
     }
@@ -892,7 +716,7 @@ impl SocketCore {
             if s.empty_waiter.is_some() {
                 return Err(PyRuntimeError::new_err("Empty waiter is already set"));
             }
-            (s.event_loop.as_ref().map(|l| l.clone_ref(py)), s.buffer.is_empty())
+            (s.link.event_loop.as_ref().map(|l| l.clone_ref(py)), s.buffer.is_empty())
         };
         let event_loop = event_loop.ok_or_else(closed_error)?;
         let waiter = event_loop.bind(py).call_method0(intern!(py, "create_future"))?;
@@ -914,7 +738,7 @@ impl SocketCore {
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Option<Py<LoopBase>> {
-        self.event_loop.as_ref().map(|l| l.clone_ref(py))
+        self.link.event_loop.as_ref().map(|l| l.clone_ref(py))
     }
 
     #[getter]
@@ -924,7 +748,7 @@ impl SocketCore {
 
     #[getter]
     fn _protocol_paused(&self) -> bool {
-        self.protocol_paused
+        self.link.protocol_paused
     }
 
     #[getter]
@@ -939,19 +763,17 @@ impl SocketCore {
 
     #[getter]
     fn _reader_installed(&self) -> bool {
-        self.reading
+        self.link.reading
     }
 
     #[getter]
     fn _writer_installed(&self) -> bool {
-        self.writing
+        self.link.writing
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.event_loop)?;
+        self.link.traverse(&visit)?;
         visit.call(&self.sock)?;
-        visit.call(&self.transport)?;
-        visit.call(&self.protocol)?;
         match &self.reader {
             Some(Reader::Data(f)) => visit.call(f)?,
             Some(Reader::Buffered(g, u)) => {
@@ -972,10 +794,8 @@ impl SocketCore {
     }
 
     fn __clear__(&mut self) {
-        self.event_loop = None;
+        self.link.clear();
         self.sock = None;
-        self.transport = None;
-        self.protocol = None;
         self.reader = None;
         self.server = None;
         self.empty_waiter = None;

@@ -14,6 +14,7 @@
 use super::{report_write_type_error, SocketCore};
 use crate::errors::os_error;
 use crate::event_loop::Side;
+use crate::transport::link;
 use crate::transport::{is_fatal, is_os_error, is_retry, logger, with_buffer, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use crate::transport::{with_read_buffer, MAX_READ};
 use pyo3::exceptions::PyValueError;
@@ -92,7 +93,7 @@ fn send_one(slf: &Bound<'_, SocketCore>, data: &Bound<'_, PyAny>, addr: &Bound<'
     let (fd, connected, sock) = {
         let s = slf.borrow();
         let connected = s.datagram.as_ref().is_some_and(|d| d.connected);
-        (s.fd, connected, s.sock.as_ref().map(|o| o.clone_ref(py)))
+        (s.link.fd, connected, s.sock.as_ref().map(|o| o.clone_ref(py)))
     };
     let outcome = if connected {
         with_buffer(data, |bytes| send_native(fd, bytes))?.map_err(|e| (is_retry(&e), os_error(&e)))
@@ -130,7 +131,7 @@ fn send_failed(slf: &Bound<'_, SocketCore>, err: PyErr) -> PyResult<()> {
 
 fn error_received(slf: &Bound<'_, SocketCore>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = slf.py();
-    let protocol = slf.borrow().protocol.as_ref().map(|p| p.clone_ref(py));
+    let protocol = slf.borrow().link.protocol.as_ref().map(|p| p.clone_ref(py));
     if let Some(protocol) = protocol {
         protocol.call_method1(py, intern!(py, "error_received"), (exc,))?;
     }
@@ -172,7 +173,7 @@ pub(super) fn sendto(slf: &Bound<'_, SocketCore>, data: &Bound<'_, PyAny>, addr:
     if queue_empty {
         match send_one(slf, data, &addr)? {
             Sent::Done => return Ok(()),
-            Sent::NotNow => SocketCore::watch(slf, Side::Write)?,
+            Sent::NotNow => link::watch(slf, Side::Write)?,
             Sent::Failed(err) => return send_failed(slf, err),
         }
     }
@@ -184,7 +185,7 @@ pub(super) fn sendto(slf: &Bound<'_, SocketCore>, data: &Bound<'_, PyAny>, addr:
         d.queued_bytes += bytes.bind(py).as_bytes().len();
         d.queue.push_back((bytes, addr.unbind()));
     }
-    SocketCore::maybe_pause_protocol(slf)
+    link::maybe_pause_protocol(slf)
 }
 
 /// The writer callback: send queued datagrams in order until the kernel refuses one.
@@ -214,13 +215,13 @@ pub(super) fn sendto_ready(slf: &Bound<'_, SocketCore>) -> PyResult<()> {
         }
     }
     // May queue more.
-    SocketCore::maybe_resume_protocol(slf)?;
+    link::maybe_resume_protocol(slf)?;
     let (empty, closing) = {
         let s = slf.borrow();
         (s.unsent() == 0, s.closing)
     };
     if empty {
-        SocketCore::unwatch(slf, Side::Write)?;
+        link::unwatch(slf, Side::Write)?;
         if closing {
             SocketCore::_call_connection_lost(slf, py.None())?;
         }
@@ -237,10 +238,10 @@ pub(super) fn read_ready(slf: &Bound<'_, SocketCore>) -> PyResult<()> {
             return Ok(());
         }
         (
-            s.fd,
+            s.link.fd,
             s.datagram.as_ref().is_some_and(|d| d.native_addresses),
             s.sock.as_ref().map(|o| o.clone_ref(py)),
-            s.protocol.as_ref().map(|p| p.clone_ref(py)),
+            s.link.protocol.as_ref().map(|p| p.clone_ref(py)),
         )
     };
     let received = if native {
