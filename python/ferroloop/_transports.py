@@ -55,6 +55,20 @@ class _NativeTransport(transports.BaseTransport):
         """The socket or pipe this transport closes when done (None once closed)."""
         raise NotImplementedError
 
+    def _repr_head(self, fd: int) -> tuple[list[str], bool]:
+        """asyncio's `repr` start: class, closed/closing, fd; and whether the loop can still say
+        what the fd is watched for (the transport is open and its loop too)."""
+        info = [type(self).__name__]
+        core = getattr(self, "_core", None)
+        open_ = core is not None and self._owned() is not None
+        if not open_:
+            info.append("closed")
+        elif self.is_closing():
+            info.append("closing")
+        info.append(f"fd={fd}")
+        loop = core._loop if core is not None else None
+        return info, open_ and loop is not None and not loop.is_closed()
+
     def _start(
         self,
         loop: Loop,
@@ -165,15 +179,9 @@ class _CoreTransport(_WriteSide, transports._FlowControlMixin):
         return self._core._sock
 
     def __repr__(self) -> str:
-        info = [type(self).__name__]
-        core = getattr(self, "_core", None)
-        if core is None or core._sock is None:
-            info.append("closed")
-        elif core.is_closing():
-            info.append("closing")
-        info.append(f"fd={getattr(self, '_sock_fd', -1)}")
-        loop = core._loop if core is not None else None
-        if core is not None and loop is not None and not loop.is_closed():
+        info, watched = self._repr_head(getattr(self, "_sock_fd", -1))
+        if watched:
+            core = self._core
             info.append("read=polling" if core._reader_installed else "read=idle")
             state = "polling" if core._writer_installed else "idle"
             info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
@@ -308,18 +316,13 @@ class _PipeTransport(_NativeTransport):
         return self._core._pipe
 
     def __repr__(self) -> str:
-        info = [type(self).__name__]
+        info, watched = self._repr_head(getattr(self, "_fileno", -1))
         core = getattr(self, "_core", None)
-        if core is None or core._pipe is None:
-            info.append("closed")
-        elif core.is_closing():
-            info.append("closing")
-        info.append(f"fd={getattr(self, '_fileno', -1)}")
-        loop = core._loop if core is not None else None
-        if core is not None and core._pipe is not None and loop is not None and not loop.is_closed():
-            polling = core._writer_installed if isinstance(self, WritePipeTransport) else core._reader_installed
+        if watched and core is not None:
+            writer = isinstance(self, WritePipeTransport)
+            polling = core._writer_installed if writer else core._reader_installed
             info.append("polling" if polling else "idle")
-            if isinstance(self, WritePipeTransport):
+            if writer:
                 info.append(f"bufsize={core.get_write_buffer_size()}")
         elif core is not None and core._pipe is not None:
             info.append("open")
