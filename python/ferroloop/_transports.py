@@ -392,6 +392,8 @@ class WritePipeTransport(_PipeTransport, _WriteSide, transports._FlowControlMixi
             "Pipe transport is only for pipes, sockets and character devices",
         )
         self._core = _ferroloop.PipeCore(loop, pipe, self._fileno, self, writer=True)
+        # As for sockets: `write` bound straight to the core, no Python frame per write.
+        self.write = self._core.write  # type: ignore[method-assign]
         mode = os.fstat(self._fileno).st_mode
         # Only pipes and sockets turn readable when their reader goes away; a character device
         # is never watched for it (as with asyncio).
