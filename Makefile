@@ -8,8 +8,9 @@ PIP := $(PYTHON) -m pip install --disable-pip-version-check -q
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-deps:  ## install build and test dependencies (maturin, pytest, aiohttp, uvloop, ruff, mypy)
-	$(PIP) "maturin>=1.5,<2" "pytest>=7" "pytest-timeout>=2" "aiohttp>=3.9" "uvloop>=0.19" "ruff>=0.5" "mypy>=1.8"
+deps:  ## install build and test dependencies (maturin, pytest, aiohttp, uvloop, uvicorn, httpx, ruff, mypy)
+	$(PIP) "maturin>=1.5,<2" "pytest>=7" "pytest-timeout>=2" "aiohttp>=3.9" "uvloop>=0.19" "ruff>=0.5" "mypy>=1.8" \
+		"uvicorn>=0.30" "httpx>=0.27"
 
 build:  ## build the release wheel and install it
 	rm -rf dist
