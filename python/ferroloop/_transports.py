@@ -119,6 +119,19 @@ class _NativeTransport(transports.BaseTransport):
         self._core._fatal_error(exc, message or self._fatal_message)
 
 
+class _ReadSide(_NativeTransport):
+    """The read half every reading transport shares: pausing and resuming."""
+
+    def is_reading(self) -> bool:
+        return self._core.is_reading()
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+
 class _WriteSide(_NativeTransport):
     """The write half every writing transport shares: the buffer, its water marks, abort."""
 
@@ -145,7 +158,7 @@ class _WriteSide(_NativeTransport):
         return self._core._conn_lost
 
 
-class _CoreTransport(_WriteSide, transports._FlowControlMixin):
+class _CoreTransport(_ReadSide, _WriteSide, transports._FlowControlMixin):
     """What the socket transports share: reading, flow control, and the socket's extra info."""
 
     _core: _ferroloop.SocketCore
@@ -186,15 +199,6 @@ class _CoreTransport(_WriteSide, transports._FlowControlMixin):
             state = "polling" if core._writer_installed else "idle"
             info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
-
-    def is_reading(self) -> bool:
-        return self._core.is_reading()
-
-    def pause_reading(self) -> None:
-        self._core.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._core.resume_reading()
 
     # -- what CPython's loop helpers (sendfile, start_tls) and tests read ------------------------
 
@@ -296,11 +300,12 @@ class DatagramTransport(_CoreTransport, transports.DatagramTransport):
         self._core.sendto(data, addr)
 
 
-def _pipe_fd(pipe: Any, allowed: tuple[Callable[[int], bool], ...], message: str) -> int:
-    """The pipe's fd, switched to non-blocking, after asyncio's check of what it is."""
+def _pipe_fd(pipe: Any, message: str) -> int:
+    """The pipe's fd, switched to non-blocking, after asyncio's check of what it is: a pipe
+    (FIFO), a socket or a character device, in either direction; `message` is asyncio's error."""
     fileno: int = pipe.fileno()
     mode = os.fstat(fileno).st_mode
-    if not any(check(mode) for check in allowed):
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
         raise ValueError(message)
     os.set_blocking(fileno, False)
     return fileno
@@ -314,6 +319,16 @@ class _PipeTransport(_NativeTransport):
 
     def _owned(self) -> Any:
         return self._core._pipe
+
+    def _open(self, loop: Loop, pipe: Any, extra: dict[str, Any] | None, writer: bool) -> None:
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["pipe"] = pipe
+        if writer:
+            message = "Pipe transport is only for pipes, sockets and character devices"
+        else:
+            message = "Pipe transport is for pipes/sockets only."
+        self._fileno = _pipe_fd(pipe, message)
+        self._core = _ferroloop.PipeCore(loop, pipe, self._fileno, self, writer=writer)
 
     def __repr__(self) -> str:
         info, watched = self._repr_head(getattr(self, "_fileno", -1))
@@ -340,7 +355,7 @@ class _PipeTransport(_NativeTransport):
         self._core._pipe = pipe
 
 
-class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
+class ReadPipeTransport(_PipeTransport, _ReadSide, transports.ReadTransport):
     """The read end of a pipe, FIFO, socket or character device, read natively."""
 
     max_size = 256 * 1024
@@ -353,22 +368,8 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         waiter: futures.Future[None] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        transports.BaseTransport.__init__(self, extra)
-        self._extra["pipe"] = pipe
-        self._fileno = _pipe_fd(
-            pipe, (stat.S_ISFIFO, stat.S_ISSOCK, stat.S_ISCHR), "Pipe transport is for pipes/sockets only."
-        )
-        self._core = _ferroloop.PipeCore(loop, pipe, self._fileno, self, writer=False)
+        self._open(loop, pipe, extra, writer=False)
         self._start(loop, protocol, waiter)
-
-    def is_reading(self) -> bool:
-        return self._core.is_reading()
-
-    def pause_reading(self) -> None:
-        self._core.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._core.resume_reading()
 
 
 class WritePipeTransport(_PipeTransport, _WriteSide, transports._FlowControlMixin, transports.WriteTransport):
@@ -384,14 +385,7 @@ class WritePipeTransport(_PipeTransport, _WriteSide, transports._FlowControlMixi
         waiter: futures.Future[None] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        transports.BaseTransport.__init__(self, extra)
-        self._extra["pipe"] = pipe
-        self._fileno = _pipe_fd(
-            pipe,
-            (stat.S_ISCHR, stat.S_ISFIFO, stat.S_ISSOCK),
-            "Pipe transport is only for pipes, sockets and character devices",
-        )
-        self._core = _ferroloop.PipeCore(loop, pipe, self._fileno, self, writer=True)
+        self._open(loop, pipe, extra, writer=True)
         # As for sockets: `write` bound straight to the core, no Python frame per write.
         self.write = self._core.write  # type: ignore[method-assign]
         mode = os.fstat(self._fileno).st_mode
