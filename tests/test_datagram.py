@@ -314,3 +314,24 @@ def test_exception_in_datagram_received_goes_to_the_exception_handler(loop, hand
     run(loop, main())
     assert len(handler_calls) == 2
     assert all(isinstance(c["exception"], ValueError) for c in handler_calls)
+
+
+def test_sendto_after_close_on_an_unconnected_endpoint_is_dropped_quietly(loop, request, is_ferroloop, handler_calls):
+    if not is_ferroloop:
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="asyncio 3.11 sends through its released socket and reports an AttributeError",
+                strict=False,
+            )
+        )
+
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(lambda: Endpoint(loop), local_addr=("127.0.0.1", 0))
+        target = tr.get_extra_info("sockname")
+        tr.close()
+        assert await proto.lost is None
+        tr.sendto(b"late", target)
+        await asyncio.sleep(0)
+
+    run(loop, main())
+    assert handler_calls == []

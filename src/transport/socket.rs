@@ -479,11 +479,6 @@ impl SocketCore {
         Ok(())
     }
 
-    #[allow(clippy::unused_self)]
-    fn can_write_eof(&self) -> bool {
-        true
-    }
-
     fn is_closing(&self) -> bool {
         self.closing
     }
