@@ -3,14 +3,14 @@ PYTHON ?= python3
 SEED ?= ../shared/seed
 PIP := $(PYTHON) -m pip install --disable-pip-version-check -q
 
-.PHONY: help deps build run bench bench-net test test-rust test-python conformance stubtest lint format clean
+.PHONY: help deps build run bench bench-net bench-all test test-rust test-python conformance stubtest lint format clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-deps:  ## install build and test dependencies (maturin, pytest, aiohttp, uvloop, uvicorn, httpx, ruff, mypy)
+deps:  ## install build, test and benchmark dependencies (maturin, pytest, aiohttp, uvloop, rloop, matplotlib, ...)
 	$(PIP) "maturin>=1.5,<2" "pytest>=7" "pytest-timeout>=2" "aiohttp>=3.9" "uvloop>=0.19" "ruff>=0.5" "mypy>=1.8" \
-		"uvicorn>=0.30" "httpx>=0.27"
+		"uvicorn>=0.30" "httpx>=0.27" "rloop>=0.5" "matplotlib>=3.7"
 
 build:  ## build the release wheel and install it
 	rm -rf dist
@@ -26,6 +26,9 @@ bench: build  ## micro-benchmarks: ferroloop vs asyncio vs uvloop
 
 bench-net: build  ## network benchmarks (echo in three modes, HTTP under wrk): ferroloop vs asyncio vs uvloop
 	$(PYTHON) bench/net.py
+
+bench-all: deps build  ## every benchmark vs asyncio, uvloop and rloop; writes bench/results/report.md and chart.png
+	$(PYTHON) bench/all.py
 
 test: deps lint build stubtest test-rust test-python  ## lint, build, and run every test (Rust, pytest incl. seed and conformance)
 

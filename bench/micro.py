@@ -2,8 +2,9 @@
 
 Measures ferroloop, the stdlib asyncio loop and uvloop (or any loops given as
 ``--loops name=module:attr,...``) on the rows defined in micro_rows.py, and
-prints a Markdown table of median throughputs with throughput ratios and
-their geometric means. See bench/README.md for how to run it and read it.
+prints, per group of rows, a Markdown table of median throughputs with
+throughput ratios and their geometric means, and a table of the samples'
+peak RSS. See bench/README.md for how to run it and read it.
 
 Method, in short: every sample runs in a fresh subprocess on a fresh loop,
 with a warm-up run of the same body before the timed one; samples are
@@ -25,10 +26,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from micro_rows import GATHER_WIDTH, ROWS
+from micro_rows import GATHER_WIDTH, GROUPS, ROWS
 
 ROWS_SCRIPT = Path(__file__).resolve().with_name("micro_rows.py")
 
@@ -49,6 +51,8 @@ FULL_OPS = {
     "gather_10k_sleep0": 4 * GATHER_WIDTH,
     "queue_4_consumers": 100_000,
     "run_in_executor": 15_000,
+    "subprocess_spawn": 300,
+    "pipe_throughput": 320,  # MiB
 }
 WARMUP_FRACTION = 0.1
 QUICK_SCALE = 0.05
@@ -58,6 +62,9 @@ FULL_TIMEOUT = 20.0
 QUICK_TIMEOUT = 10.0
 
 assert set(FULL_OPS) == set(ROWS), "FULL_OPS and micro_rows.ROWS disagree"
+ROW_GROUP = {row: group for group, rows in GROUPS.items() for row in rows}
+# What one op of a row is, where it is not obvious from a count (shown in the ops/sample column).
+OPS_UNIT = {"pipe_throughput": " MiB"}
 
 
 @dataclass
@@ -81,6 +88,7 @@ class Sample:
     ops_per_sec: float | None = None
     error: str = ""
     wall: float = 0.0
+    peak_rss_kib: int | None = None  # the child's peak RSS, interpreter baseline included
 
 
 @dataclass
@@ -89,6 +97,7 @@ class Cell:
     spread: float | None = None  # half of (max - min), relative to the median
     samples: int = 0
     error: str = ""  # non-empty: the cell is FAILED (or not run)
+    peak_rss_kib: float | None = None  # median over the samples that reported one
 
     @property
     def failed(self) -> bool:
@@ -97,6 +106,7 @@ class Cell:
 
 @dataclass
 class Plan:
+    groups: list[str]  # selected groups that have selected rows, in display order
     rows: list[str]
     ops: dict[str, int]
     warmup: dict[str, int]
@@ -134,28 +144,48 @@ def scaled_ops(row: str, scale: float) -> int:
     return ops
 
 
+def selection(option: str | None, what: str, known: Iterable[str]) -> list[str] | None:
+    """The names a comma separated option selects (None: all), refusing unknown ones."""
+    if not option:
+        return None
+    known = list(known)
+    wanted = [w.strip() for w in option.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what} {unknown}; known: {', '.join(known)}")
+    return wanted
+
+
 def build_plan(args: argparse.Namespace) -> Plan:
-    rows = list(FULL_OPS)
-    if args.rows:
-        wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
-        unknown = [r for r in wanted if r not in FULL_OPS]
-        if unknown:
-            raise SystemExit(f"unknown rows {unknown}; known: {', '.join(FULL_OPS)}")
-        rows = [r for r in rows if r in wanted]
+    groups = list(GROUPS)
+    wanted_groups = selection(args.groups, "groups", GROUPS)
+    if wanted_groups is not None:
+        groups = [g for g in groups if g in wanted_groups]
+    rows = [r for g in groups for r in GROUPS[g]]
+    wanted_rows = selection(args.rows, "rows", FULL_OPS)
+    if wanted_rows is not None:
+        rows = [r for r in rows if r in wanted_rows]
+    if not rows:
+        raise SystemExit("no rows selected: --rows names none of the rows of the --groups given")
+    groups = [g for g in groups if any(ROW_GROUP[r] == g for r in rows)]
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     ops = {r: scaled_ops(r, scale) for r in rows}
     warmup = {r: max(1, int(ops[r] * WARMUP_FRACTION)) for r in rows}
     repeat = args.repeat if args.repeat is not None else (QUICK_REPEAT if args.quick else FULL_REPEAT)
     timeout = args.timeout if args.timeout is not None else (QUICK_TIMEOUT if args.quick else FULL_TIMEOUT)
     mode = ("quick" if args.quick else "full") + (f", scale {scale:g}" if args.scale is not None else "")
-    return Plan(rows=rows, ops=ops, warmup=warmup, repeat=repeat, timeout=timeout, mode=mode)
+    return Plan(groups=groups, rows=rows, ops=ops, warmup=warmup, repeat=repeat, timeout=timeout, mode=mode)
 
 
 # --------------------------------------------------------------------------- subprocesses
 
 
 def _run_child(argv: list[str], timeout: float) -> tuple[dict | None, str]:
-    """Run micro_rows.py with argv; return (its JSON result or None, error text)."""
+    """Run micro_rows.py with argv; return (its JSON result or None, error text).
+
+    The error text is empty on success. A failed child that still printed its
+    JSON result returns it too (with the error), for the fields it carries.
+    """
     cmd = [sys.executable, str(ROWS_SCRIPT), *argv]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -171,16 +201,16 @@ def _run_child(argv: list[str], timeout: float) -> tuple[dict | None, str]:
     if isinstance(result, dict) and result.get("ok") and proc.returncode == 0:
         return result, ""
     if isinstance(result, dict) and result.get("error"):
-        return None, str(result["error"])
+        return result, str(result["error"])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return None, f"exit code {proc.returncode}: {tail}"
+    return result if isinstance(result, dict) else None, f"exit code {proc.returncode}: {tail}"
 
 
 def probe_loops(loops: list[Loop], timeout: float) -> None:
     for lp in loops:
         result, error = _run_child(["--probe", lp.spec], timeout)
-        if result is None:
-            lp.error = error
+        if error or result is None:
+            lp.error = error or "no result"
             continue
         lp.ok = True
         lp.version = str(result.get("version", ""))
@@ -192,12 +222,26 @@ def run_sample(plan: Plan, lp: Loop, row: str, k: int) -> Sample:
     t0 = time.perf_counter()
     result, error = _run_child(["--sample", lp.spec, row, str(ops), str(plan.warmup[row])], plan.timeout)
     wall = time.perf_counter() - t0
-    if result is None:
-        return Sample(row=row, loop=lp.name, k=k, ok=False, ops=ops, error=error, wall=wall)
+    rss = result.get("peak_rss_kib") if result is not None else None
+    rss = int(rss) if isinstance(rss, (int, float)) else None
+    if error or result is None:
+        return Sample(row=row, loop=lp.name, k=k, ok=False, ops=ops, error=error, wall=wall, peak_rss_kib=rss)
     seconds = float(result["seconds"])
     if not seconds > 0 or int(result["ops"]) != ops:
-        return Sample(row=row, loop=lp.name, k=k, ok=False, ops=ops, error=f"bad sample {result}", wall=wall)
-    return Sample(row=row, loop=lp.name, k=k, ok=True, ops=ops, seconds=seconds, ops_per_sec=ops / seconds, wall=wall)
+        return Sample(
+            row=row, loop=lp.name, k=k, ok=False, ops=ops, error=f"bad sample {result}", wall=wall, peak_rss_kib=rss
+        )
+    return Sample(
+        row=row,
+        loop=lp.name,
+        k=k,
+        ok=True,
+        ops=ops,
+        seconds=seconds,
+        ops_per_sec=ops / seconds,
+        wall=wall,
+        peak_rss_kib=rss,
+    )
 
 
 def run_all(plan: Plan, progress: bool) -> list[Sample]:
@@ -246,7 +290,13 @@ def summarize(plan: Plan, samples: list[Sample]) -> dict[str, dict[str, Cell]]:
                 continue
             med = statistics.median(rates)
             spread = (max(rates) - min(rates)) / 2 / med
-            cells[row][lp.name] = Cell(median=med, spread=spread, samples=len(rates))
+            rss = [s.peak_rss_kib for s in mine if s.peak_rss_kib is not None]
+            cells[row][lp.name] = Cell(
+                median=med,
+                spread=spread,
+                samples=len(rates),
+                peak_rss_kib=statistics.median(rss) if rss else None,
+            )
     return cells
 
 
@@ -267,15 +317,15 @@ def pick_subject(loops: list[Loop], wanted: str) -> str | None:
 
 
 def ratio_table(
-    plan: Plan, cells: dict[str, dict[str, Cell]], subject: str | None
+    plan: Plan, cells: dict[str, dict[str, Cell]], subject: str | None, rows: list[str]
 ) -> tuple[list[str], dict[str, dict[str, float | None]], dict[str, tuple[float | None, int]]]:
-    """Ratio columns (subject/other), per-row ratios, and per-column geometric means."""
+    """Ratio columns (subject/other), per-row ratios, and per-column geometric means over ``rows``."""
     if subject is None:
         return [], {}, {}
     others = [lp.name for lp in plan.loops if lp.ok and lp.name != subject]
     columns = [f"{subject}/{o}" for o in others]
     ratios: dict[str, dict[str, float | None]] = {}
-    for row in plan.rows:
+    for row in rows:
         ratios[row] = {}
         a = cells[row].get(subject)
         for o, col in zip(others, columns):
@@ -284,7 +334,7 @@ def ratio_table(
             ratios[row][col] = a.median / b.median if ok else None
     geo: dict[str, tuple[float | None, int]] = {}
     for col in columns:
-        vals = [ratios[row][col] for row in plan.rows if ratios[row][col]]
+        vals = [ratios[row][col] for row in rows if ratios[row][col]]
         geo[col] = (math.exp(statistics.fmean(math.log(v) for v in vals)) if vals else None, len(vals))
     return columns, ratios, geo
 
@@ -301,10 +351,14 @@ def fmt_rate(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def fmt_ops(n: int) -> str:
+def fmt_ops(n: int, unit: str = "") -> str:
     if n >= 1000 and n % 1000 == 0:
-        return f"{n // 1000}k"
-    return str(n)
+        return f"{n // 1000}k{unit}"
+    return f"{n}{unit}"
+
+
+def group_rows(plan: Plan, group: str) -> list[str]:
+    return [r for r in plan.rows if ROW_GROUP[r] == group]
 
 
 def command_line() -> str:
@@ -374,35 +428,63 @@ def render(
     if not loops:
         w("No loop could be imported; nothing was measured.")
         return "\n".join(out) + "\n"
-    columns, ratios, geo = ratio_table(plan, cells, subject)
-    header = ["row", "ops/sample", *[f"{n} ops/s" for n in loops], *columns]
-    w("| " + " | ".join(header) + " |")
-    w("|" + "|".join(["---", "---:", *["---:"] * (len(loops) + len(columns))]) + "|")
-    for row in plan.rows:
-        line = [row, fmt_ops(plan.ops[row])]
-        for n in loops:
-            c = cells[row][n]
-            line.append("FAILED" if c.failed else f"{fmt_rate(c.median)} ±{c.spread:.0%}")
-        for col in columns:
-            r = ratios[row][col]
-            line.append(f"{r:.2f}" if r else "-")
-        w("| " + " | ".join(line) + " |")
-    if columns:
-        line = ["geometric mean", "", *[""] * len(loops)]
-        for col in columns:
-            g, count = geo[col]
-            note = "" if count == len(plan.rows) else f" ({count} of {len(plan.rows)} rows)"
-            line.append((f"**{g:.2f}**" if g else "-") + note)
-        w("| " + " | ".join(line) + " |")
-    w("")
+    any_ratios = False
+    for group in plan.groups:
+        rows = group_rows(plan, group)
+        columns, ratios, geo = ratio_table(plan, cells, subject, rows)
+        any_ratios = any_ratios or bool(columns)
+        w(f"### {group}")
+        w("")
+        header = ["row", "ops/sample", *[f"{n} ops/s" for n in loops], *columns]
+        w("| " + " | ".join(header) + " |")
+        w("|" + "|".join(["---", "---:", *["---:"] * (len(loops) + len(columns))]) + "|")
+        for row in rows:
+            line = [row, fmt_ops(plan.ops[row], OPS_UNIT.get(row, ""))]
+            for n in loops:
+                c = cells[row][n]
+                line.append("FAILED" if c.failed else f"{fmt_rate(c.median)} ±{c.spread:.0%}")
+            for col in columns:
+                r = ratios[row][col]
+                line.append(f"{r:.2f}" if r else "-")
+            w("| " + " | ".join(line) + " |")
+        if columns:
+            line = ["geometric mean", "", *[""] * len(loops)]
+            for col in columns:
+                g, count = geo[col]
+                note = "" if count == len(rows) else f" ({count} of {len(rows)} rows)"
+                line.append((f"**{g:.2f}**" if g else "-") + note)
+            w("| " + " | ".join(line) + " |")
+        w("")
+        w("Peak RSS (MiB, median over samples):")
+        w("")
+        w("| row | " + " | ".join(loops) + " |")
+        w("|" + "|".join(["---", *["---:"] * len(loops)]) + "|")
+        for row in rows:
+            line = [row]
+            for n in loops:
+                c = cells[row][n]
+                if c.failed:
+                    line.append("FAILED")
+                elif c.peak_rss_kib is None:
+                    line.append("-")
+                else:
+                    line.append(f"{c.peak_rss_kib / 1024:.1f}")
+            w("| " + " | ".join(line) + " |")
+        w("")
+        w(
+            "Peak RSS is the sample subprocess's own `ru_maxrss` (its children not included), so it includes "
+            "a fresh interpreter's baseline with asyncio and the loop module imported: compare differences "
+            "between loops and rows, not the absolute size."
+        )
+        w("")
     w(
         "Throughput is operations per second, the median of the samples; ± is half the range of the "
         "samples relative to the median."
     )
-    if columns:
+    if any_ratios:
         w(
             f"Ratios are {subject}'s median throughput over the other loop's: above 1 means {subject} is faster. "
-            "A missing ratio means one of its cells FAILED."
+            "A missing ratio means one of its cells FAILED. Each group has its own geometric mean."
         )
     else:
         w("No ratio columns: fewer than two loops ran.")
@@ -420,22 +502,32 @@ def render(
 def write_json(
     path: str, plan: Plan, env: dict, samples: list[Sample], cells: dict[str, dict[str, Cell]], subject: str | None
 ) -> None:
-    _, ratios, geo = ratio_table(plan, cells, subject)
+    ratios: dict[str, dict[str, float | None]] = {}
+    geomean: dict[str, dict[str, dict]] = {}
+    for group in plan.groups:
+        _, group_ratios, geo = ratio_table(plan, cells, subject, group_rows(plan, group))
+        ratios.update(group_ratios)
+        geomean[group] = {col: {"value": g, "rows": n} for col, (g, n) in geo.items()}
     doc = {
         "environment": env,
         "mode": plan.mode,
         "repeat": plan.repeat,
         "timeout": plan.timeout,
         "loops": [asdict(lp) for lp in plan.loops],
-        "rows": {r: {"ops": plan.ops[r], "warmup_ops": plan.warmup[r]} for r in plan.rows},
+        "groups": {g: group_rows(plan, g) for g in plan.groups},
+        "rows": {r: {"group": ROW_GROUP[r], "ops": plan.ops[r], "warmup_ops": plan.warmup[r]} for r in plan.rows},
         "samples": [asdict(s) for s in samples],
         "medians": {
             r: {n: (None if c.failed else c.median) for n, c in per_loop.items()} for r, per_loop in cells.items()
         },
+        "peak_rss_kib_medians": {
+            r: {n: (None if c.failed else c.peak_rss_kib) for n, c in per_loop.items()} for r, per_loop in cells.items()
+        },
         "failed": {r: {n: c.error for n, c in per_loop.items() if c.failed} for r, per_loop in cells.items()},
         "subject": subject,
         "ratios": ratios,
-        "geomean": {col: {"value": g, "rows": n} for col, (g, n) in geo.items()},
+        # Per group: ratio column -> geometric mean over that group's rows.
+        "geomean": geomean,
     }
     target = Path(path)
     if target.parent:
@@ -457,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         help="loop whose ratios against the others are shown (default: %(default)s; "
         "if unavailable, the first available loop other than asyncio)",
     )
+    p.add_argument("--groups", help="comma separated subset of row groups (default: all): " + ", ".join(GROUPS))
     p.add_argument("--rows", help="comma separated subset of rows (default: all): " + ", ".join(FULL_OPS))
     p.add_argument("--repeat", type=int, help=f"samples per loop and row (default {FULL_REPEAT}, quick {QUICK_REPEAT})")
     p.add_argument("--quick", action="store_true", help=f"smoke run: ops x{QUICK_SCALE:g}, fewer samples")

@@ -16,7 +16,8 @@ Run by the runner as::
     python micro_rows.py --probe NAME=MODULE:ATTR
     python micro_rows.py --sample NAME=MODULE:ATTR ROW OPS WARMUP_OPS
 
-Each prints one JSON object on its last line of stdout.
+Each prints one JSON object on its last line of stdout; a sample's result also carries
+``peak_rss_kib``, the child's peak resident set size (interpreter baseline included).
 """
 
 from __future__ import annotations
@@ -24,11 +25,17 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import shutil
 import sys
 import threading
 import time
 import traceback
 from typing import Callable
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
 
 # Widths and batch sizes that the rows' descriptions in bench/README.md refer to.
 CALL_SOON_BATCH = 100  # leaf callbacks that one driver callback schedules
@@ -38,6 +45,9 @@ GATHER_WIDTH = 10_000  # coroutines in one gather()
 QUEUE_CONSUMERS = 4
 QUEUE_MAXSIZE = 4  # one slot per consumer, so items are handed over through the loop
 EXECUTOR_BATCH = 100  # run_in_executor calls awaited together
+SPAWN_CONCURRENCY = 4  # subprocesses started and awaited together, in the spawn row
+PIPE_READ_SIZE = 65536  # bytes asked for by each proc.stdout.read() in the pipe row
+MIB = 1 << 20  # one op of the pipe row
 
 # Cap on the post-run wait that lets a wrongly fired (cancelled) timer show up.
 TIMER_GRACE = 0.005
@@ -45,6 +55,10 @@ TIMER_GRACE = 0.005
 
 class CheckFailed(Exception):
     """A benchmark body saw a wrong result."""
+
+
+class RowUnavailable(Exception):
+    """A benchmark body cannot run here (a program it needs is missing)."""
 
 
 def _check(cond: bool, what: str) -> None:
@@ -324,6 +338,66 @@ def bench_run_in_executor(loop: asyncio.AbstractEventLoop, n: int) -> float:
     return elapsed
 
 
+def _program(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RowUnavailable(f"no `{name}` program on PATH")
+    return path
+
+
+def bench_subprocess_spawn(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    """n runs of `true` through create_subprocess_exec, SPAWN_CONCURRENCY at a time."""
+    true = _program("true")
+    devnull = asyncio.subprocess.DEVNULL
+
+    async def one() -> int | None:
+        proc = await asyncio.create_subprocess_exec(true, stdin=devnull, stdout=devnull, stderr=devnull)
+        return await proc.wait()
+
+    async def main() -> list[int | None]:
+        codes: list[int | None] = []
+        for base in range(0, n, SPAWN_CONCURRENCY):
+            codes += await asyncio.gather(*[one() for _ in range(min(SPAWN_CONCURRENCY, n - base))])
+        return codes
+
+    coro = main()
+    t0 = time.perf_counter()
+    codes = loop.run_until_complete(coro)
+    elapsed = time.perf_counter() - t0
+    _check(len(codes) == n, f"{len(codes)} of {n} processes reported")
+    bad = [c for c in codes if c != 0]
+    _check(not bad, f"{len(bad)} of {n} processes returned non-zero codes, e.g. {bad[0] if bad else None}")
+    return elapsed
+
+
+def bench_pipe_throughput(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    """Read n MiB that `head -c` copies from /dev/zero, through a subprocess stdout pipe."""
+    head = _program("head")
+    want = n * MIB
+
+    async def main() -> tuple[float, int, int | None]:
+        proc = await asyncio.create_subprocess_exec(
+            head, "-c", str(want), "/dev/zero", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        read = proc.stdout.read
+        got = 0
+        # Timed from the spawned process to its exit status; the spawn is the other row's business.
+        t0 = time.perf_counter()
+        while True:
+            chunk = await read(PIPE_READ_SIZE)
+            if not chunk:
+                break
+            got += len(chunk)
+        code = await proc.wait()
+        return time.perf_counter() - t0, got, code
+
+    elapsed, got, code = loop.run_until_complete(main())
+    _check(got == want, f"read {got} bytes, expected {want}")
+    _check(code == 0, f"`head` returned {code}")
+    return elapsed
+
+
 BenchFn = Callable[[asyncio.AbstractEventLoop, int], float]
 
 # Row name -> body. The runner owns the op counts and the display order.
@@ -337,7 +411,26 @@ ROWS: dict[str, BenchFn] = {
     "gather_10k_sleep0": bench_gather,
     "queue_4_consumers": bench_queue,
     "run_in_executor": bench_run_in_executor,
+    "subprocess_spawn": bench_subprocess_spawn,
+    "pipe_throughput": bench_pipe_throughput,
 }
+
+# Group name -> its rows. The runner prints one table (and one geometric mean) per group.
+GROUPS: dict[str, list[str]] = {
+    "micro": [
+        "call_soon",
+        "call_later_half_cancelled",
+        "create_task_await",
+        "sleep0_pingpong",
+        "future_roundtrip",
+        "call_soon_threadsafe",
+        "gather_10k_sleep0",
+        "queue_4_consumers",
+        "run_in_executor",
+    ],
+    "process": ["subprocess_spawn", "pipe_throughput"],
+}
+assert sorted(r for rows in GROUPS.values() for r in rows) == sorted(ROWS), "GROUPS and ROWS disagree"
 
 
 # --------------------------------------------------------------------------- child side
@@ -396,6 +489,14 @@ def probe(spec: str) -> dict:
     }
 
 
+def peak_rss_kib() -> int | None:
+    """This process's peak resident set size in KiB (children not included), if known."""
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
+
+
 def sample(spec: str, row: str, ops: int, warmup_ops: int) -> dict:
     """One timed sample on a fresh loop, after a warm-up run of the same body."""
     _, factory, _ = load_factory(spec)
@@ -422,9 +523,16 @@ def main(argv: list[str]) -> int:
             return 2
     except CheckFailed as exc:
         result = {"ok": False, "error": f"check failed: {exc}"}
+    except RowUnavailable as exc:
+        result = {"ok": False, "error": f"cannot run here: {exc}"}
+    except NotImplementedError as exc:
+        traceback.print_exc()
+        result = {"ok": False, "error": f"not supported by the loop: NotImplementedError {exc}".strip()}
     except BaseException as exc:
         traceback.print_exc()
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip()}
+    if argv[:1] == ["--sample"]:
+        result["peak_rss_kib"] = peak_rss_kib()
     print(json.dumps(result), flush=True)
     return 0 if result["ok"] else 1
 

@@ -1,10 +1,11 @@
 """Network benchmarks of asyncio event loops, side by side in one run.
 
 Echo servers in three modes (``sock_*`` calls, asyncio streams, a ``Protocol``) over TCP and
-Unix sockets with 1, 10 and 100 KiB messages, and an HTTP/1.1 keep-alive server, each run on
-every loop under test (``bench/net_server.py``). The load comes from a client that is the same
-for every loop and is not an event loop: ``bench/echo-client`` (Rust, std only; built here with
-cargo) for echo, and ``wrk`` for HTTP.
+Unix sockets with 1, 10 and 100 KiB messages, the ``Protocol`` echo over TLS, an HTTP/1.1
+keep-alive server (a small ``Protocol``) and an aiohttp application, each run on every loop
+under test (``bench/net_server.py``). The load comes from clients that are the same for every
+loop and are not event loops: ``bench/echo-client`` (Rust, built here with cargo; rustls for the
+TLS rows) for echo, and ``wrk`` for HTTP.
 
 For every sample the server runs in a fresh process; the report gives the median throughput
 per loop and row, the server's CPU time over the measured window (from /proc), and the ratios of
@@ -52,7 +53,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class Row:
-    group: str  # "echo-sock", "echo-streams", "echo-protocol", "http"
+    group: str  # "echo-sock", "echo-streams", "echo-protocol", "echo-tls", "http", "app"
     mode: str
     family: str
     size: int
@@ -61,6 +62,8 @@ class Row:
     def name(self) -> str:
         if self.mode == "http":
             return "http keep-alive (wrk)" if self.size == 0 else f"http pipelined x{self.size} (wrk)"
+        if self.mode == "app":
+            return "aiohttp app keep-alive (wrk)"
         return f"{self.mode} {self.family} {self.size // 1024}KiB"
 
 
@@ -73,6 +76,8 @@ class Sample:
     per_second: float = 0.0  # round trips (echo) or requests (http) per second
     cpu_seconds: float = 0.0  # server CPU over the measured window
     wall_seconds: float = 0.0
+    peak_rss_kib: int = 0  # the server process's VmHWM when the sample ended
+    unsupported: bool = False  # the loop raised NotImplementedError for this server
     error: str = ""
 
     @property
@@ -85,8 +90,10 @@ def all_rows() -> list[Row]:
     # size = requests per pipelined batch (0: one request at a time). Without pipelining wrk,
     # not the server, is the bottleneck on a 2-core machine; pipelining makes the client cheap
     # per request, so the server's cost shows.
+    rows += [Row("echo-tls", "tls", "tcp", s) for s in SIZES]
     rows.append(Row("http", "http", "tcp", 0))
     rows.append(Row("http", "http", "tcp", PIPELINE))
+    rows.append(Row("app", "app", "tcp", 0))
     return rows
 
 
@@ -94,6 +101,14 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 class Server:
@@ -126,6 +141,9 @@ class Server:
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
 
+    def peak_rss(self) -> int:
+        return peak_rss_kib(self.proc.pid)
+
     def stop(self) -> None:
         if self.proc.stdin:
             self.proc.stdin.close()
@@ -141,6 +159,7 @@ def run_echo(server: Server, row: Row, seconds: float, warmup: float) -> tuple[f
         [
             *(str(CLIENT), server.address, "--conns", str(CONNS), "--size", str(row.size)),
             *("--seconds", str(seconds), "--warmup", str(warmup)),
+            *(["--tls"] if row.mode == "tls" else []),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -187,12 +206,23 @@ def run_wrk(server: Server, pipeline: int, seconds: float, warmup: float) -> tup
     return float(match.group(1)), cpu_stop - cpu_start, wall
 
 
-def run_sample(spec: str, row: Row, seconds: float, warmup: float, tmpdir: str) -> tuple[float, float, float]:
-    server = Server(spec, row.mode, row.family, tmpdir)
+class Unsupported(RuntimeError):
+    """The loop does not implement what the row's server needs (NotImplementedError)."""
+
+
+def run_sample(spec: str, row: Row, seconds: float, warmup: float, tmpdir: str) -> tuple[float, float, float, int]:
     try:
-        if row.mode == "http":
-            return run_wrk(server, row.size, seconds, warmup)
-        return run_echo(server, row, seconds, warmup)
+        server = Server(spec, row.mode, row.family, tmpdir)
+    except RuntimeError as exc:
+        if "NotImplementedError" in str(exc):
+            raise Unsupported(str(exc)) from None
+        raise
+    try:
+        if row.mode in ("http", "app"):
+            rate, cpu, wall = run_wrk(server, row.size, seconds, warmup)
+        else:
+            rate, cpu, wall = run_echo(server, row, seconds, warmup)
+        return rate, cpu, wall, server.peak_rss()
     finally:
         server.stop()
 
@@ -232,8 +262,10 @@ def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample
     for row in rows:
         for name in loops:
             ok = [s for s in samples if s.row == row.name and s.loop == name and s.ok]
-            if not ok and not any(s.row == row.name and s.loop == name for s in samples):
-                med[row.name, name] = (math.nan, math.nan)  # not applicable (the ceiling's rows)
+            mine = [s for s in samples if s.row == row.name and s.loop == name]
+            if not ok and all(s.unsupported for s in mine):
+                # Not applicable: the ceiling's non-echo rows, or a loop without the feature.
+                med[row.name, name] = (math.nan, math.nan)
                 continue
             if not ok:
                 med[row.name, name] = (math.nan, math.nan)
@@ -270,7 +302,23 @@ def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample
         cells = [group]
         for o in others:
             t, c = geomean(ratios[group, o, "tput"]), geomean(ratios[group, o, "cpu"])
-            cells.append(f"{t:.2f} / {c:.2f}")
+            cells.append("-" if math.isnan(t) else f"{t:.2f} / {c:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "A cell of `-` is a row the loop cannot run (the ceiling only echoes; a loop may lack a feature, such as"
+        " TLS) or whose samples all failed (reported on stderr)."
+    )
+    lines.append("")
+    lines.append("Peak RSS of the server process (VmHWM, MiB, median over samples):")
+    lines.append("")
+    lines.append("| row | " + " | ".join(loops) + " |")
+    lines.append("|---|" + "---:|" * len(loops))
+    for row in rows:
+        cells = [row.name]
+        for n in loops:
+            rss = [s.peak_rss_kib for s in samples if s.row == row.name and s.loop == n and s.ok]
+            cells.append(f"{statistics.median(rss) / 1024:.1f}" if rss else "-")
         lines.append("| " + " | ".join(cells) + " |")
     setup = (
         f"{len(rows)} rows, {args.repeat} samples per cell, {args.seconds}s measured after {args.warmup}s warm-up; "
@@ -332,8 +380,14 @@ def main() -> int:
                         continue  # the ceiling is an echo server: it has no sock/streams/http modes
                     sample = Sample(row.name, name, k, ok=False)
                     try:
-                        rate, cpu, wall = run_sample(specs[name], row, args.seconds, args.warmup, tmpdir)
-                        sample.per_second, sample.cpu_seconds, sample.wall_seconds, sample.ok = rate, cpu, wall, True
+                        rate, cpu, wall, rss = run_sample(specs[name], row, args.seconds, args.warmup, tmpdir)
+                        sample.per_second, sample.cpu_seconds, sample.wall_seconds = rate, cpu, wall
+                        sample.peak_rss_kib, sample.ok = rss, True
+                    except Unsupported:
+                        sample.unsupported = True
+                        samples.append(sample)
+                        print(f"  {row.name} / {name}: not supported by this loop", file=sys.stderr)
+                        continue
                     except (RuntimeError, subprocess.SubprocessError) as exc:
                         sample.error = str(exc)
                         print(f"  {row.name} / {name}: FAILED {exc}", file=sys.stderr)

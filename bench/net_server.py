@@ -9,7 +9,11 @@ LOOP_SPEC is a loop factory as ``module:attr``; MODE is one of
 - ``streams``: ``asyncio.start_server()`` with ``reader.read()`` / ``writer.write()`` +
   ``drain()``;
 - ``protocol``: an ``asyncio.Protocol`` whose ``data_received`` writes the data back;
-- ``http``: a minimal HTTP/1.1 keep-alive server as a ``Protocol`` (for wrk).
+- ``http``: a minimal HTTP/1.1 keep-alive server as a ``Protocol`` (for wrk);
+- ``tls``: the ``protocol`` echo over TLS (``create_server(ssl=...)``), with the test
+  certificate that ships with CPython's test package (``test/certdata/keycert.pem``);
+- ``app``: an aiohttp web application answering ``GET /`` (for wrk): a real framework's
+  parser, routing and response code on top of the loop's transports.
 
 ADDRESS is ``tcp:HOST:PORT`` (port 0 picks one) or ``unix:PATH``. Once listening, the
 server prints ``READY ADDRESS`` (with the real port) and serves until stdin is closed, so the
@@ -22,6 +26,7 @@ import asyncio
 import importlib
 import os
 import socket
+import ssl
 import sys
 
 READ_SIZE = 256 * 1024
@@ -121,24 +126,59 @@ def where(address: str) -> dict:
     return {"host": host, "port": int(port), "reuse_address": True, "backlog": 1024}
 
 
+def server_tls_context() -> ssl.SSLContext:
+    """A server context with the self-signed certificate of CPython's test package (key and
+    certificate in one file): a benchmark needs a certificate, not a trusted one."""
+    import test
+
+    path = os.path.join(os.path.dirname(test.__file__), "certdata", "keycert.pem")
+    if not os.path.exists(path):  # Python < 3.11.4 kept the file at the package's top
+        path = os.path.join(os.path.dirname(test.__file__), "keycert.pem")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(path)
+    return context
+
+
+async def start_app(address: str):
+    """An aiohttp application with one route, served by aiohttp's own runner on this loop."""
+    from aiohttp import web
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="Hello, World!")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = address.removeprefix("tcp:").rsplit(":", 1)
+    site = web.TCPSite(runner, host, int(port), reuse_address=True, backlog=1024)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"tcp:{host}:{port}"
+
+
 async def serve(mode: str, address: str) -> None:
     loop = asyncio.get_running_loop()
     unix = address.startswith("unix:")
     if mode == "sock":
         sock = listening_socket(address)
         server_task = loop.create_task(accept_forever(loop, sock))
+        listening = describe(sock)
     elif mode == "streams":
         start = asyncio.start_unix_server if unix else asyncio.start_server
         server = await start(echo_with_streams, limit=READ_SIZE, **where(address))
-        sock = server.sockets[0]
-    elif mode in ("protocol", "http"):
-        factory = EchoProtocol if mode == "protocol" else HttpProtocol
+        listening = describe(server.sockets[0])
+    elif mode in ("protocol", "http", "tls"):
+        factory = HttpProtocol if mode == "http" else EchoProtocol
         create = loop.create_unix_server if unix else loop.create_server
-        server = await create(factory, **where(address))
-        sock = server.sockets[0]
+        tls = {"ssl": server_tls_context()} if mode == "tls" else {}
+        server = await create(factory, **where(address), **tls)
+        listening = describe(server.sockets[0])
+    elif mode == "app":
+        server, listening = await start_app(address)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
-    print("READY", describe(sock), flush=True)
+    print("READY", listening, flush=True)
     # Serve until the driver closes our stdin (or exits).
     closed = loop.create_future()
     loop.add_reader(sys.stdin.fileno(), lambda: closed.done() or closed.set_result(None))
@@ -147,6 +187,8 @@ async def serve(mode: str, address: str) -> None:
     if mode == "sock":
         server_task.cancel()
         sock.close()
+    elif mode == "app":
+        await server.cleanup()
     else:
         server.close()
         await server.wait_closed()

@@ -26,10 +26,14 @@ def test_micro_benchmark_runner_quick():
     assert "| FAILED" not in done.stdout
 
 
-@pytest.mark.skipif(shutil.which("cargo") is None, reason="the echo client is built with cargo")
-def test_network_benchmark_runner_quick():
-    done = run_bench(str(BENCH / "net.py"), "--quick", "--rows", "sock tcp,protocol tcp", "--loops", LOOPS)
-    assert done.returncode == 0, done.stderr
-    for row in ("sock tcp 1KiB", "protocol tcp 1KiB"):
-        assert f"| {row} |" in done.stdout
-    assert "| echo-protocol |" in done.stdout
+@pytest.mark.skipif(shutil.which("cargo") is None, reason="the echo clients are built with cargo")
+def test_all_benchmarks_runner_quick_writes_report_and_chart(tmp_path):
+    """bench/all.py --quick: micro, process, echo (plain, TLS, ceiling), HTTP, app and idle-memory
+    runners all run on every installed loop, and the report and chart come out."""
+    done = run_bench(str(BENCH / "all.py"), "--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    for needle in ("| micro (callbacks, timers, tasks) |", "| echo, Protocol |", "protocol tcp 1KiB", "idle"):
+        assert needle in report
+    assert "| FAILED" not in report
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,13 +1,25 @@
 //! A fixed echo client for ferroloop's network benchmarks.
 //!
-//! `echo-client ADDR --conns N --size BYTES --seconds S [--warmup W]` opens N connections to
-//! ADDR (`tcp:HOST:PORT` or `unix:PATH`), and on each, in its own thread, sends a SIZE-byte
-//! message and reads the whole echo back, over and over. After the warm-up it prints `START` and
-//! counts round trips for S seconds, then prints one JSON line with the totals.
+//! `echo-client ADDR --conns N --size BYTES --seconds S [--warmup W] [--tls]` opens N
+//! connections to ADDR (`tcp:HOST:PORT` or `unix:PATH`), and on each, in its own thread, sends a
+//! SIZE-byte message and reads the whole echo back, over and over. After the warm-up it prints
+//! `START` and counts round trips for S seconds, then prints one JSON line with the totals.
 //!
 //! The buffers are page-aligned: on the machines this runs on an unaligned receive buffer
 //! doubled the kernel's copy cost and made the client, not the server, the bottleneck.
+//!
+//! Without `--tls` the client uses std only. With `--tls` each connection (TCP or Unix) is
+//! wrapped in a blocking TLS 1.3 client session from `rustls` (pure Rust, `ring` provider), the
+//! one dependency: std has no TLS, and a blocking rustls stream keeps a round trip the same
+//! write, flush, read-exact as on a plain socket. The handshake is done while the connection is
+//! opened, before the threads start together, so it is never inside the measured window. The
+//! server's certificate is not checked (see [`AcceptAnyServerCert`]).
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -43,32 +55,116 @@ impl Drop for PageBuf {
     }
 }
 
+/// Accepts any server certificate, for `--tls` only.
+///
+/// This is a load generator talking to a local benchmark server with a self-signed test
+/// certificate, never a real client: it must not be used to talk to anything that matters. The
+/// handshake signature is still verified (with the crypto provider's own algorithms), so the
+/// handshake costs the server what a real one does.
+#[derive(Debug)]
+struct AcceptAnyServerCert(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// The client configuration for `--tls`: TLS 1.3 only, `ring`, any server certificate.
+fn tls_config() -> Result<Arc<ClientConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = AcceptAnyServerCert(provider.signature_verification_algorithms);
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    // Every connection does a full handshake: with resumption on, whether a connection resumes
+    // would depend on whether another one had received a ticket before it connected.
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+type Tls<S> = Box<StreamOwned<ClientConnection, S>>;
+
 enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+    TlsTcp(Tls<TcpStream>),
+    TlsUnix(Tls<UnixStream>),
+}
+
+/// Wraps `sock` in a TLS client session and completes the handshake.
+fn handshake<S: Read + Write>(sock: S, config: &Arc<ClientConfig>) -> io::Result<Tls<S>> {
+    let name = ServerName::try_from("localhost").expect("valid server name");
+    let conn = ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
+    let mut tls = Box::new(StreamOwned::new(conn, sock));
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// One round trip; `flush` is a no-op on a plain socket and sends the last record under TLS.
+fn echo<S: Read + Write>(s: &mut S, out: &[u8], back: &mut [u8]) -> io::Result<()> {
+    s.write_all(out)?;
+    s.flush()?;
+    s.read_exact(back)
 }
 
 impl Conn {
-    fn open(addr: &str) -> io::Result<Conn> {
+    fn open(addr: &str, tls: Option<&Arc<ClientConfig>>) -> io::Result<Conn> {
         if let Some(path) = addr.strip_prefix("unix:") {
-            return UnixStream::connect(path).map(Conn::Unix);
+            let stream = UnixStream::connect(path)?;
+            return match tls {
+                Some(config) => handshake(stream, config).map(Conn::TlsUnix),
+                None => Ok(Conn::Unix(stream)),
+            };
         }
         let host = addr.strip_prefix("tcp:").unwrap_or(addr);
         let stream = TcpStream::connect(host)?;
         stream.set_nodelay(true)?;
-        Ok(Conn::Tcp(stream))
+        match tls {
+            Some(config) => handshake(stream, config).map(Conn::TlsTcp),
+            None => Ok(Conn::Tcp(stream)),
+        }
     }
 
     fn round_trip(&mut self, out: &[u8], back: &mut [u8]) -> io::Result<()> {
         match self {
-            Conn::Tcp(s) => {
-                s.write_all(out)?;
-                s.read_exact(back)
-            }
-            Conn::Unix(s) => {
-                s.write_all(out)?;
-                s.read_exact(back)
-            }
+            Conn::Tcp(s) => echo(s, out, back),
+            Conn::Unix(s) => echo(s, out, back),
+            Conn::TlsTcp(s) => echo(s.as_mut(), out, back),
+            Conn::TlsUnix(s) => echo(s.as_mut(), out, back),
         }
     }
 }
@@ -79,21 +175,28 @@ struct Args {
     size: usize,
     seconds: f64,
     warmup: f64,
+    tls: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let addr = args
         .next()
-        .ok_or("usage: echo-client ADDR --conns N --size BYTES --seconds S [--warmup W]")?;
+        .ok_or("usage: echo-client ADDR --conns N --size BYTES --seconds S [--warmup W] [--tls]")?;
     let mut parsed = Args {
         addr,
         conns: 10,
         size: 1024,
         seconds: 3.0,
         warmup: 0.5,
+        tls: false,
     };
     while let Some(flag) = args.next() {
+        // The one flag without a value.
+        if flag == "--tls" {
+            parsed.tls = true;
+            continue;
+        }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
         match flag.as_str() {
@@ -115,6 +218,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let tls = match args.tls.then(tls_config).transpose() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("echo-client: TLS configuration: {e}");
+            std::process::exit(1);
+        }
+    };
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
@@ -122,9 +232,9 @@ fn main() {
     let mut threads = Vec::new();
     for i in 0..args.conns {
         let (counting, stop, total, ready) = (counting.clone(), stop.clone(), total.clone(), ready.clone());
-        let (addr, size) = (args.addr.clone(), args.size);
+        let (addr, size, tls) = (args.addr.clone(), args.size, tls.clone());
         threads.push(std::thread::spawn(move || -> io::Result<()> {
-            let conn = Conn::open(&addr);
+            let conn = Conn::open(&addr, tls.as_ref());
             ready.wait();
             let mut conn = conn?;
             let mut out = PageBuf::new(size);
