@@ -42,9 +42,28 @@ pub struct Handle {
     /// object again. Invariant: `owned_by_loop` exactly when untracked. Debug-mode handles keep
     /// everything for diagnostics and are always tracked.
     owned_by_loop: bool,
+    /// Set when `callback` is not the callable itself but the object whose native method this
+    /// handle calls directly (see [`NativeCall`]).
+    native: Option<&'static NativeCall>,
+    /// Debug mode only, boxed so that handles outside debug mode stay small.
+    diagnostics: Option<Box<Diagnostics>>,
+}
+
+/// What a debug-mode handle keeps for diagnostics.
+#[derive(Default)]
+struct Diagnostics {
     source_traceback: Option<Py<PyAny>>,
-    /// The repr frozen at cancellation in debug mode, as asyncio does.
+    /// The repr frozen at cancellation, as asyncio does.
     frozen_repr: Option<String>,
+}
+
+/// A native method a handle calls on its target object without a bound-method object or
+/// argument parsing: the loop's own fd watchers (transport cores) use it. To Python code the
+/// handle looks the same as one holding the bound method `target.<name>`.
+pub struct NativeCall {
+    /// The method's Python name, for `repr`, `_callback` and error reports.
+    pub name: &'static str,
+    pub call: fn(&Bound<'_, PyAny>) -> PyResult<()>,
 }
 
 /// What the loop needs to invoke a handle, taken out while the handle is not borrowed (the
@@ -53,6 +72,21 @@ pub struct Invocation {
     pub callback: Py<PyAny>,
     pub args: Py<PyTuple>,
     pub context: Option<Py<PyAny>>,
+    pub native: Option<&'static NativeCall>,
+}
+
+impl Invocation {
+    /// The callable as Python code would see it (the bound method, for a native call).
+    pub fn public_callback(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        public_callback(py, &self.callback, self.native)
+    }
+}
+
+fn public_callback(py: Python<'_>, callback: &Py<PyAny>, native: Option<&NativeCall>) -> PyResult<Py<PyAny>> {
+    match native {
+        Some(native) => Ok(callback.bind(py).getattr(native.name)?.unbind()),
+        None => Ok(callback.clone_ref(py)),
+    }
 }
 
 static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -71,7 +105,12 @@ impl Handle {
             // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an exception set.
             _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() },
         };
-        let source_traceback = if debug { capture_stack(py) } else { None };
+        let diagnostics = debug.then(|| {
+            Box::new(Diagnostics {
+                source_traceback: capture_stack(py),
+                frozen_repr: None,
+            })
+        });
         Ok(Handle {
             callback: Some(callback),
             args: Some(args),
@@ -82,9 +121,16 @@ impl Handle {
             timer_cancels: None,
             debug,
             owned_by_loop: false,
-            source_traceback,
-            frozen_repr: None,
+            native: None,
+            diagnostics,
         })
+    }
+
+    /// A handle that calls `native` on `target` (in a copy of the current context).
+    pub fn new_native(py: Python<'_>, target: Py<PyAny>, native: &'static NativeCall, debug: bool) -> PyResult<Self> {
+        let mut handle = Handle::new(py, target, PyTuple::empty(py).unbind(), None, debug)?;
+        handle.native = Some(native);
+        Ok(handle)
     }
 
     /// Wraps a one-shot handle of the loop's into a Python object, untracked by the GC unless in
@@ -128,6 +174,7 @@ impl Handle {
             callback: self.callback.take()?,
             args: self.args.take()?,
             context: self.context.as_ref().map(|c| c.clone_ref(py)),
+            native: self.native,
         })
     }
 
@@ -178,8 +225,19 @@ impl Handle {
         self.cancelled
     }
 
+    /// The callback as Python code sees it (`None` once released).
+    fn public_callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.callback
+            .as_ref()
+            .map(|c| public_callback(py, c, self.native))
+            .transpose()
+    }
+
     pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+        self.diagnostics
+            .as_ref()
+            .and_then(|d| d.source_traceback.as_ref())
+            .map(|tb| tb.clone_ref(py))
     }
 
     /// The callback, arguments and context to run, or `None` if the handle was cancelled.
@@ -191,6 +249,7 @@ impl Handle {
             callback: self.callback.as_ref()?.clone_ref(py),
             args: self.args.as_ref()?.clone_ref(py),
             context: self.context.as_ref().map(|c| c.clone_ref(py)),
+            native: self.native,
         })
     }
 
@@ -213,7 +272,9 @@ impl Handle {
         let frozen = if debug { Some(Self::render_repr(slf)?) } else { None };
         let (callback, args) = {
             let mut h = slf.borrow_mut();
-            h.frozen_repr = frozen;
+            if let Some(frozen) = frozen {
+                h.diagnostics.get_or_insert_with(Box::default).frozen_repr = Some(frozen);
+            }
             (h.callback.take(), h.args.take())
         };
         // Dropped here, outside the borrow: releasing them can run arbitrary Python code.
@@ -226,14 +287,14 @@ impl Handle {
         let class_name = slf.get_type().name()?.to_string();
         let (cancelled, is_timer, when, callback, args, traceback) = {
             let h = slf.borrow();
-            if let Some(r) = &h.frozen_repr {
+            if let Some(r) = h.diagnostics.as_ref().and_then(|d| d.frozen_repr.as_ref()) {
                 return Ok(r.clone());
             }
             (
                 h.cancelled,
                 h.timer_cancels.is_some(),
                 h.when,
-                h.callback.as_ref().map(|c| c.clone_ref(py)),
+                h.public_callback(py)?,
                 h.args.as_ref().map(|a| a.clone_ref(py)),
                 h.source_traceback(py),
             )
@@ -305,17 +366,21 @@ pub fn invoke(py: Python<'_>, inv: &Invocation) -> PyResult<()> {
         if !ctx.is_null() && ffi::PyContext_Enter(ctx) < 0 {
             return Err(PyErr::fetch(py));
         }
-        let args = inv.args.as_ptr();
-        let result = if ffi::PyTuple_GET_SIZE(args) == 0 {
-            ffi::PyObject_CallNoArgs(inv.callback.as_ptr())
+        let call_result = if let Some(native) = inv.native {
+            (native.call)(inv.callback.bind(py))
         } else {
-            ffi::PyObject_Call(inv.callback.as_ptr(), args, std::ptr::null_mut())
-        };
-        let call_result = if result.is_null() {
-            Err(PyErr::fetch(py))
-        } else {
-            ffi::Py_DECREF(result);
-            Ok(())
+            let args = inv.args.as_ptr();
+            let result = if ffi::PyTuple_GET_SIZE(args) == 0 {
+                ffi::PyObject_CallNoArgs(inv.callback.as_ptr())
+            } else {
+                ffi::PyObject_Call(inv.callback.as_ptr(), args, std::ptr::null_mut())
+            };
+            if result.is_null() {
+                Err(PyErr::fetch(py))
+            } else {
+                ffi::Py_DECREF(result);
+                Ok(())
+            }
         };
         if !ctx.is_null() && ffi::PyContext_Exit(ctx) < 0 {
             let exit_err = PyErr::fetch(py);
@@ -340,8 +405,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.callback.as_ref().map(|c| c.clone_ref(py))
+    fn _callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.public_callback(py)
     }
 
     #[getter]
@@ -367,7 +432,9 @@ impl Handle {
         visit.call(&self.callback)?;
         visit.call(&self.args)?;
         visit.call(&self.context)?;
-        visit.call(&self.source_traceback)?;
+        if let Some(diagnostics) = &self.diagnostics {
+            visit.call(&diagnostics.source_traceback)?;
+        }
         Ok(())
     }
 
@@ -375,7 +442,9 @@ impl Handle {
         self.callback = None;
         self.args = None;
         self.context = None;
-        self.source_traceback = None;
+        if let Some(diagnostics) = &mut self.diagnostics {
+            diagnostics.source_traceback = None;
+        }
     }
 }
 

@@ -43,9 +43,45 @@ def _water_marks(high: int | None, low: int | None) -> tuple[int, int]:
     return high, low
 
 
+# Addresses are kept per connection as extra info, and a server's connections mostly share their
+# local address and their peers' hosts: sharing equal values saves a tuple, a str and an int per
+# connection (most of what an idle connection costs on the Python side). Bounded, so that a
+# server with many local addresses cannot grow it without limit.
+_SHARED_ADDRESSES: dict[Any, Any] = {}
+_SHARED_ADDRESSES_MAX = 256
+
+
+def _shared_address(address: Any) -> Any:
+    """An equal address object already in use, if there is one (the local side of a socket)."""
+    shared = _SHARED_ADDRESSES.get(address)
+    if shared is not None:
+        return shared
+    if len(_SHARED_ADDRESSES) >= _SHARED_ADDRESSES_MAX:
+        _SHARED_ADDRESSES.clear()
+    try:
+        _SHARED_ADDRESSES[address] = address
+    except TypeError:  # an unhashable address from an unusual family: keep it as it is
+        pass
+    return address
+
+
+def _peer_address(address: Any) -> Any:
+    """The peer's address with its host string interned (peers' ports differ, their hosts
+    rarely do)."""
+    if type(address) is tuple and address and type(address[0]) is str:
+        return (sys.intern(address[0]), *address[1:])
+    return address
+
+
 class _NativeTransport(transports.BaseTransport):
     """What every transport around a native core shares: the protocol, closing, the
-    unclosed-transport warning, and the private attributes CPython's helpers read."""
+    unclosed-transport warning, and the private attributes CPython's helpers read.
+
+    Transports have no instance `__dict__` (asyncio's base classes declare `__slots__`, and so
+    do these): an idle connection costs less. The slots are declared by the concrete classes,
+    below `_FlowControlMixin`, whose own slots would otherwise clash with them."""
+
+    __slots__ = ()
 
     _extra: dict[str, Any]
     _core: _ferroloop.SocketCore | _ferroloop.PipeCore
@@ -122,6 +158,8 @@ class _NativeTransport(transports.BaseTransport):
 class _ReadSide(_NativeTransport):
     """The read half every reading transport shares: pausing and resuming."""
 
+    __slots__ = ()
+
     def is_reading(self) -> bool:
         return self._core.is_reading()
 
@@ -134,6 +172,8 @@ class _ReadSide(_NativeTransport):
 
 class _WriteSide(_NativeTransport):
     """The write half every writing transport shares: the buffer, its water marks, abort."""
+
+    __slots__ = ()
 
     _core: _ferroloop.SocketCore | _ferroloop.PipeCore
 
@@ -161,22 +201,38 @@ class _WriteSide(_NativeTransport):
 class _CoreTransport(_ReadSide, _WriteSide, transports._FlowControlMixin):
     """What the socket transports share: reading, flow control, and the socket's extra info."""
 
+    __slots__ = ("_core", "_socket", "_trsock", "_sockname", "_sock_fd", "__weakref__")
+
     _core: _ferroloop.SocketCore
 
     def _setup(self, loop: Loop, sock: socket.socket, extra: dict[str, Any] | None) -> None:
         # _FlowControlMixin.__init__ is skipped on purpose: the native core keeps the water marks.
         transports.BaseTransport.__init__(self, extra)
-        self._extra["socket"] = trsock.TransportSocket(sock)
+        # "socket" and "sockname" are answered by get_extra_info() without a place in `_extra`:
+        # a dict entry each and a TransportSocket made for every connection, needed or not, were
+        # a good part of what an idle connection cost.
+        self._socket = sock
+        self._trsock: trsock.TransportSocket | None = None
         try:
-            self._extra["sockname"] = sock.getsockname()
+            self._sockname = _shared_address(sock.getsockname())
         except OSError:
-            self._extra["sockname"] = None
+            self._sockname = None
         if "peername" not in self._extra:
             try:
                 self._extra["peername"] = sock.getpeername()
             except OSError:
                 self._extra["peername"] = None
+        self._extra["peername"] = _peer_address(self._extra["peername"])
         self._sock_fd = sock.fileno()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            if self._trsock is None:
+                self._trsock = trsock.TransportSocket(self._socket)
+            return self._trsock
+        if name == "sockname":
+            return self._sockname
+        return self._extra.get(name, default)
 
     def _start(
         self,
@@ -225,6 +281,7 @@ class _CoreTransport(_ReadSide, _WriteSide, transports._FlowControlMixin):
 class SocketTransport(_CoreTransport):
     """A stream socket transport (TCP or Unix) whose reads, writes and buffering are native."""
 
+    __slots__ = ()
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
@@ -239,9 +296,6 @@ class SocketTransport(_CoreTransport):
     ) -> None:
         self._setup(loop, sock, extra)
         self._core = _ferroloop.SocketCore(loop, sock, self._sock_fd, self, server)
-        # The hot call, bound straight to the core: a protocol's `transport.write(data)` then costs
-        # no Python frame (the method below stays for subclasses and introspection).
-        self.write = self._core.write  # type: ignore[method-assign]
         if server is not None:
             server._attach()  # type: ignore[attr-defined]  # asyncio.Server's private API
         base_events._set_nodelay(sock)  # type: ignore[attr-defined]

@@ -255,7 +255,7 @@ fn report_callback_error(
 ) -> PyResult<()> {
     let py = slf.py();
     let traceback = handle.borrow(py).source_traceback(py);
-    let description = format_callback_source(py, &invocation.callback, &invocation.args)?;
+    let description = format_callback_source(py, &invocation.public_callback(py)?, &invocation.args)?;
     let context = PyDict::new(py);
     context.set_item(intern!(py, "message"), format!("Exception in callback {description}"))?;
     context.set_item(intern!(py, "exception"), err.into_value(py))?;

@@ -15,7 +15,7 @@ mod tasks;
 
 use crate::clock;
 use crate::errors::os_error;
-use crate::handles::{Handle, TimerHandle};
+use crate::handles::{Handle, NativeCall, TimerHandle};
 use crate::poller::Poller;
 use crate::timers::TimerHeap;
 use fd_watch::FdWatches;
@@ -203,6 +203,30 @@ impl LoopBase {
             s.debug
         };
         let handle = Handle::new(py, callback.unbind(), args.unbind(), None, debug)?.into_persistent(py)?;
+        LoopBase::install_watch(slf, fd, side, handle)
+    }
+
+    /// Installs `native` called on `target` as the reader or writer of `fd`: the transports'
+    /// readiness callbacks, run without a bound-method object.
+    pub(crate) fn watch_fd_native(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        side: Side,
+        target: &Bound<'_, PyAny>,
+        native: &'static NativeCall,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let debug = {
+            let s = slf.borrow();
+            s.check_closed()?;
+            s.debug
+        };
+        let handle = Handle::new_native(py, target.clone().unbind(), native, debug)?.into_persistent(py)?;
+        LoopBase::install_watch(slf, fd, side, handle)
+    }
+
+    fn install_watch(slf: &Bound<'_, Self>, fd: RawFd, side: Side, handle: Py<Handle>) -> PyResult<Py<Handle>> {
+        let py = slf.py();
         let replaced = {
             let mut s = slf.borrow_mut();
             let poller = s.poller.clone().ok_or_else(closed_error)?;

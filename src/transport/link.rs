@@ -8,6 +8,7 @@
 
 use super::{logger, report};
 use crate::event_loop::{closed_error, LoopBase, Side};
+use crate::handles::NativeCall;
 use pyo3::prelude::*;
 use pyo3::pyclass::boolean_struct::False;
 use pyo3::types::PyAnyMethods;
@@ -80,6 +81,9 @@ impl Link {
 /// A transport core: a pyclass holding a [`Link`], with `_read_ready` and `_write_ready` methods
 /// for the loop to call.
 pub trait Core: PyClass<Frozen = False> {
+    /// `_read_ready` and `_write_ready`, as the loop calls them on readiness.
+    const READ_READY: NativeCall;
+    const WRITE_READY: NativeCall;
     fn link(&self) -> &Link;
     fn link_mut(&mut self) -> &mut Link;
     /// Bytes accepted for writing and not yet sent.
@@ -94,11 +98,11 @@ pub fn watch<C: Core>(slf: &Bound<'_, C>, side: Side) -> PyResult<()> {
         (s.link().loop_ref(py), s.link().fd)
     };
     let event_loop = event_loop.ok_or_else(closed_error)?;
-    let callback = match side {
-        Side::Read => slf.as_any().getattr(intern!(py, "_read_ready"))?,
-        Side::Write => slf.as_any().getattr(intern!(py, "_write_ready"))?,
+    let native = match side {
+        Side::Read => const { &C::READ_READY },
+        Side::Write => const { &C::WRITE_READY },
     };
-    LoopBase::watch_fd(event_loop.bind(py), fd, side, callback, PyTuple::empty(py))?;
+    LoopBase::watch_fd_native(event_loop.bind(py), fd, side, slf.as_any(), native)?;
     let mut s = slf.borrow_mut();
     match side {
         Side::Read => s.link_mut().reading = true,

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::errors::os_error;
 use crate::event_loop::{LoopBase, Side};
+use crate::handles::NativeCall;
 use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
@@ -43,6 +44,15 @@ pub struct PipeCore {
 }
 
 impl Core for PipeCore {
+    const READ_READY: NativeCall = NativeCall {
+        name: "_read_ready",
+        call: |target| PipeCore::_read_ready(target.cast::<PipeCore>()?),
+    };
+    const WRITE_READY: NativeCall = NativeCall {
+        name: "_write_ready",
+        call: |target| PipeCore::_write_ready(target.cast::<PipeCore>()?),
+    };
+
     fn link(&self) -> &Link {
         &self.link
     }
