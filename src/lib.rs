@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopBase>()?;
+    event_loop::install_fast_calls(m.py())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transport::socket::SocketCore>()?;

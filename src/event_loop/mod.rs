@@ -10,6 +10,7 @@
 //! Python side never mirrors that state; it asks through methods.
 
 mod core;
+mod fast_calls;
 mod fd_watch;
 mod tasks;
 
@@ -18,6 +19,7 @@ use crate::errors::os_error;
 use crate::handles::{Handle, NativeCall, TimerHandle};
 use crate::poller::Poller;
 use crate::timers::TimerHeap;
+pub(crate) use fast_calls::install as install_fast_calls;
 use fd_watch::FdWatches;
 pub(crate) use fd_watch::Side;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
