@@ -8,6 +8,7 @@ mod clock;
 mod errors;
 mod event_loop;
 mod handles;
+mod method_defs;
 // Public for the pure-Rust ceiling server in bench/ceiling-server, which measures the same poller
 // with no Python in the way.
 pub mod poller;
@@ -26,6 +27,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::pipe::PipeCore>()?;
     m.add_class::<transport::sock_wait::RecvWaiter>()?;
     m.add_function(wrap_pyfunction!(transport::sock_wait::sock_recv, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        transport::fast_methods::_install_socket_transport_methods,
+        m
+    )?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -341,6 +341,31 @@ def test_call_soon_with_kwargs_other_than_context_raises_type_error(loop):
         loop.call_soon(print, end="")
 
 
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_call_soon_accepts_callback_and_context_as_keywords(loop, method):
+    seen = []
+    ctx = contextvars.copy_context()
+    ctx.run(request_id.set, "kw")
+    getattr(loop, method)(callback=lambda: seen.append(request_id.get()), context=ctx)
+    _run_once(loop)
+    assert seen == ["kw"]
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        pytest.param((), {}, id="no-callback"),
+        pytest.param((), {"context": None}, id="only-context"),
+        pytest.param((print, 1), {"callback": print}, id="callback-twice"),
+        pytest.param((print,), {"contxt": None}, id="misspelt-keyword"),
+    ],
+)
+def test_call_soon_bad_arguments_raise_type_error(loop, method, args, kwargs):
+    with pytest.raises(TypeError):
+        getattr(loop, method)(*args, **kwargs)
+
+
 @pytest.mark.parametrize(
     "schedule",
     [

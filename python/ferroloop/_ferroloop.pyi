@@ -9,7 +9,17 @@ from typing import Any, final
 
 from typing_extensions import disjoint_base
 
-__all__ = ["Handle", "LoopBase", "PipeCore", "RecvWaiter", "SocketCore", "TimerHandle", "__version__", "sock_recv"]
+__all__ = [
+    "Handle",
+    "LoopBase",
+    "PipeCore",
+    "RecvWaiter",
+    "SocketCore",
+    "TimerHandle",
+    "__version__",
+    "_install_socket_transport_methods",
+    "sock_recv",
+]
 __version__: str
 
 @disjoint_base
@@ -189,6 +199,9 @@ class PipeCore:
 
 def sock_recv(event_loop: LoopBase, fd: int, n: int) -> bytes | Future[bytes]:
     """Receive up to n bytes from the socket fd now, or return a future that gets them."""
+
+def _install_socket_transport_methods(cls: type) -> None:
+    """Replace `write` and `is_closing` on a socket transport class with native descriptors."""
 
 @final
 class RecvWaiter:

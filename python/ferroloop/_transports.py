@@ -201,7 +201,7 @@ class _WriteSide(_NativeTransport):
 class _CoreTransport(_ReadSide, _WriteSide, transports._FlowControlMixin):
     """What the socket transports share: reading, flow control, and the socket's extra info."""
 
-    __slots__ = ("_core", "_socket", "_trsock", "_sockname", "_sock_fd", "__weakref__")
+    __slots__ = ("__weakref__", "_core", "_sock_fd", "_socket", "_sockname", "_trsock")
 
     _core: _ferroloop.SocketCore
 
@@ -322,6 +322,11 @@ class SocketTransport(_CoreTransport):
 
     def _reset_empty_waiter(self) -> None:
         self._core._reset_empty_waiter()
+
+
+# `write` and `is_closing` run once per message or per `drain()`: native descriptors reach the
+# core without a Python frame (the methods above remain the reference behaviour).
+_ferroloop._install_socket_transport_methods(SocketTransport)
 
 
 class DatagramTransport(_CoreTransport, transports.DatagramTransport):

@@ -10,6 +10,7 @@
 //! The core's state is borrowed only in Rust-only sections, never across a call into Python:
 //! a protocol callback may call back into the transport (write, close, pause) at any time.
 
+pub mod fast_methods;
 pub mod link;
 pub mod pipe;
 pub mod sock_wait;

@@ -468,7 +468,7 @@ impl SocketCore {
         datagram::sendto(slf, data, addr.unwrap_or(&none))
     }
 
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(super) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         if Self::check_writable(slf, data)? {
             Self::write_bytes(slf, data)?;
         }
@@ -499,7 +499,7 @@ impl SocketCore {
         Ok(())
     }
 
-    fn is_closing(&self) -> bool {
+    pub(super) fn is_closing(&self) -> bool {
         self.closing
     }
 
