@@ -160,22 +160,25 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run (CI): every runner in its quick mode")
     parser.add_argument("--out", default=str(HERE / "results"), help="output directory (default: %(default)s)")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # The runners run from the repository's root: their command lines (shown in the report) then
+    # name the output files relative to it.
+    arg_out = out.relative_to(HERE.parent) if out.is_relative_to(HERE.parent) else out
     quick = ["--quick"] if args.quick else []
     py = sys.executable
     started = time.monotonic()
 
     status = {}
     status["micro"], micro_text = run(
-        [py, "bench/micro.py", *quick, "--loops", LOOPS, "--json", str(out / "micro.json")], out / "micro.md"
+        [py, "bench/micro.py", *quick, "--loops", LOOPS, "--json", str(arg_out / "micro.json")], out / "micro.md"
     )
     status["net"], net_text = run(
-        [py, "bench/net.py", *quick, "--ceiling", "--loops", LOOPS, "--json", str(out / "net.json")], out / "net.md"
+        [py, "bench/net.py", *quick, "--ceiling", "--loops", LOOPS, "--json", str(arg_out / "net.json")], out / "net.md"
     )
     idle = ["--conns", "1000", "--repeat", "1"] if args.quick else []
     status["idle"], idle_text = run(
-        [py, "bench/idle_memory.py", *idle, "--loops", LOOPS, "--json", str(out / "idle.json")], out / "idle.md"
+        [py, "bench/idle_memory.py", *idle, "--loops", LOOPS, "--json", str(arg_out / "idle.json")], out / "idle.md"
     )
 
     medians = {}
