@@ -18,6 +18,7 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.timeout(300)
 def test_micro_benchmark_runner_quick():
     done = run_bench(str(BENCH / "micro.py"), "--quick", "--rows", "call_soon,sleep0_pingpong", "--loops", LOOPS)
     assert done.returncode == 0, done.stderr
@@ -27,6 +28,7 @@ def test_micro_benchmark_runner_quick():
 
 
 @pytest.mark.skipif(shutil.which("cargo") is None, reason="the echo clients are built with cargo")
+@pytest.mark.timeout(900)  # builds the echo client (rustls) and the ceiling server from scratch
 def test_all_benchmarks_runner_quick_writes_report_and_chart(tmp_path):
     """bench/all.py --quick: micro, process, echo (plain, TLS, ceiling), HTTP, app and idle-memory
     runners all run on every installed loop, and the report and chart come out."""
