@@ -225,6 +225,12 @@ impl Handle {
         self.cancelled
     }
 
+    /// The object a native-call handle calls its method on (`None` for other handles).
+    pub fn native_target(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.native?;
+        self.callback.as_ref().map(|c| c.clone_ref(py))
+    }
+
     /// The callback as Python code sees it (`None` once released).
     fn public_callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.callback

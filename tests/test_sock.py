@@ -6,11 +6,14 @@ temporary directory.
 """
 
 import asyncio
+import gc
 import os
 import socket
 import struct
 import sys
 import tempfile
+import warnings
+import weakref
 
 import pytest
 
@@ -137,6 +140,104 @@ def test_sock_recv_waits_for_data(loop, socks):
         return await task
 
     assert run(loop, main()) == b"late"
+
+
+def test_sock_recv_that_waited_leaves_no_reader_behind(loop, socks):
+    a, b = socks.pair()
+
+    async def main():
+        loop.call_later(0.01, b.send, b"late")
+        assert await loop.sock_recv(a, 10) == b"late"
+
+    run(loop, main())
+    assert loop.remove_reader(a) is False
+    with pytest.raises(KeyError):
+        loop._selector.get_key(a.fileno())
+
+
+def test_add_reader_after_sock_recv_gets_the_readiness(loop, socks):
+    a, b = socks.pair()
+
+    async def main():
+        loop.call_later(0.01, b.send, b"first")
+        assert await loop.sock_recv(a, 10) == b"first"
+        readable = loop.create_future()
+        loop.add_reader(a, lambda: readable.done() or readable.set_result(a.recv(10)))
+        b.send(b"second")
+        assert await readable == b"second"
+        assert loop.remove_reader(a) is True
+
+    run(loop, main())
+
+
+def test_sock_recv_in_a_loop_on_one_socket_gets_every_message(loop, socks):
+    a, b = socks.pair()
+
+    async def main():
+        got = []
+        for i in range(50):
+            loop.call_soon(b.send, b"%02d" % i)
+            got.append(await loop.sock_recv(a, 2))
+        return got
+
+    assert run(loop, main()) == [b"%02d" % i for i in range(50)]
+
+
+def test_sock_recv_on_a_new_socket_with_a_reused_fd_number_is_woken(loop, socks):
+    """A socket closed after a receive that waited frees its fd number; a new socket given the
+    same number must still be watched for real (the kernel dropped the old registration)."""
+    a, b = socks.pair()
+
+    async def main():
+        loop.call_later(0.01, b.send, b"one")
+        assert await loop.sock_recv(a, 10) == b"one"
+        number = a.fileno()
+        a.close()
+        b.close()
+        c, d = socks.pair()
+        if c.fileno() != number:
+            c, d = d, c
+        assert c.fileno() == number  # the lowest free number goes to one of the new pair
+        loop.call_later(0.01, d.send, b"two")
+        assert await loop.sock_recv(c, 10) == b"two"
+
+    run(loop, main())
+
+
+def test_a_socket_dropped_after_sock_recv_is_collected(loop, socks):
+    """The loop keeps no strong reference to a socket it received from (the program's dropping
+    it closes it, as with asyncio)."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    socks.track(b)
+
+    async def main(sock):
+        loop.call_later(0.01, b.send, b"x")
+        assert await loop.sock_recv(sock, 10) == b"x"
+
+    run(loop, main(a))
+    ref = weakref.ref(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del a
+        gc.collect()
+    assert ref() is None
+
+
+def test_sock_recv_cancelled_then_called_again_gets_the_data(loop, socks):
+    a, b = socks.pair()
+
+    async def main():
+        task = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.remove_reader(a) is False
+        loop.call_later(0.01, b.send, b"after")
+        assert await loop.sock_recv(a, 10) == b"after"
+
+    run(loop, main())
 
 
 def test_sock_recv_calls_a_patched_or_overridden_recv(loop, socks, monkeypatch):

@@ -197,7 +197,7 @@ class PipeCore:
     @property
     def _writer_installed(self) -> bool: ...
 
-def sock_recv(event_loop: LoopBase, fd: int, n: int) -> bytes | Future[bytes]:
+def sock_recv(event_loop: LoopBase, sock: object, fd: int, n: int) -> bytes | Future[bytes]:
     """Receive up to n bytes from the socket fd now, or return a future that gets them."""
 
 def _install_socket_transport_methods(cls: type) -> None:
@@ -205,7 +205,8 @@ def _install_socket_transport_methods(cls: type) -> None:
 
 @final
 class RecvWaiter:
-    """The native reader and done callback of one pending sock_recv()."""
+    """The native reader of a socket's sock_recv() calls (parked between them) and the done
+    callback of the pending one."""
 
     def _ready(self) -> None: ...
-    def _done(self, _future: Any) -> None: ...
+    def _done(self, future: Any) -> None: ...

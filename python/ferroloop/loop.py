@@ -552,7 +552,7 @@ class Loop(_ferroloop.LoopBase, NativeTransports, PidfdChildren, StdlibNetworkin
         self._check_sock(sock)
         if type(sock) is socket.socket and _socket_class_unpatched() and n >= 0:
             # The native path: same steps, no exception per empty try, no Python callback.
-            result = _ferroloop.sock_recv(self, sock.fileno(), n)
+            result = _ferroloop.sock_recv(self, sock, sock.fileno(), n)
             if isinstance(result, bytes):
                 return result
             return await result

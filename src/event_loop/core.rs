@@ -116,7 +116,7 @@ impl LoopBase {
             }
         }
         for side in to_clear {
-            stale.extend(FdWatches::clear(&mut self.watches, &poller, event.fd, side));
+            stale.extend(FdWatches::clear(&mut self.watches, &poller, event.fd, side).map(|(handle, _)| handle));
         }
     }
 }

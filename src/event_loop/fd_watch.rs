@@ -3,6 +3,14 @@
 //!
 //! Invariant: an fd is in the table exactly when it has a reader or a writer, and then it is
 //! registered in the poller with the matching interest.
+//!
+//! A reader may be *parked*: an idle native `sock_recv()` reader left registered between two
+//! receives on the same socket, so that an echo-style loop of `sock_recv()` calls does not pay an
+//! `epoll_ctl` to remove and another to re-add the fd for every message. A parked reader is
+//! invisible to the public API (`_get_reader`, `remove_reader`'s result), is resumed only by the
+//! waiter that parked it (which checks it is the same, still open socket, so a closed-and-reused
+//! fd number always gets a real registration), and removes itself for real if it fires while
+//! parked.
 
 use crate::handles::Handle;
 use crate::poller::{Interest, Poller};
@@ -22,6 +30,8 @@ pub enum Side {
 pub struct FdWatch {
     pub reader: Option<Py<Handle>>,
     pub writer: Option<Py<Handle>>,
+    /// The reader is parked (see the module doc).
+    pub reader_parked: bool,
 }
 
 impl FdWatch {
@@ -58,7 +68,11 @@ impl FdWatches {
         let known = self.map.contains_key(&fd);
         let watch = self.map.entry(fd).or_default();
         let previous = watch.slot(side).replace(handle);
+        // A new reader replaces a parked one for good.
+        let was_parked = watch.reader_parked;
+        watch.reader_parked = was_parked && side == Side::Write;
         if let Err(err) = poller.watch(fd, watch.interest(), known) {
+            watch.reader_parked = was_parked;
             let added = std::mem::replace(watch.slot(side), previous);
             if watch.interest().is_empty() {
                 self.map.remove(&fd);
@@ -69,10 +83,12 @@ impl FdWatches {
         Ok(previous)
     }
 
-    /// Removes the handle on `side` of `fd`, returning it (for the caller to cancel).
-    pub fn clear(&mut self, poller: &Poller, fd: RawFd, side: Side) -> Option<Py<Handle>> {
+    /// Removes the handle on `side` of `fd`, returning it (for the caller to cancel) and whether
+    /// it was a parked reader.
+    pub fn clear(&mut self, poller: &Poller, fd: RawFd, side: Side) -> Option<(Py<Handle>, bool)> {
         let watch = self.map.get_mut(&fd)?;
         let removed = watch.slot(side).take()?;
+        let parked = side == Side::Read && std::mem::take(&mut watch.reader_parked);
         let interest = watch.interest();
         if interest.is_empty() {
             self.map.remove(&fd);
@@ -82,7 +98,33 @@ impl FdWatches {
             // with the same error asyncio's selector would give.
             let _ = poller.watch(fd, interest, true);
         }
-        Some(removed)
+        Some((removed, parked))
+    }
+
+    /// Parks the reader of `fd` if it is `handle` (the caller's own).
+    pub fn park_reader(&mut self, fd: RawFd, handle: &Py<Handle>) {
+        if let Some(watch) = self.map.get_mut(&fd) {
+            if watch.reader.as_ref().is_some_and(|r| r.is(handle)) {
+                watch.reader_parked = true;
+            }
+        }
+    }
+
+    /// Takes the parked reader of `fd` back into use if it is `handle`; false if it is not there
+    /// (replaced, removed or never parked), in which case the caller must install a new one.
+    pub fn resume_reader(&mut self, fd: RawFd, handle: &Py<Handle>) -> bool {
+        match self.map.get_mut(&fd) {
+            Some(watch) if watch.reader_parked && watch.reader.as_ref().is_some_and(|r| r.is(handle)) => {
+                watch.reader_parked = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The reader of `fd`, parked or not.
+    pub fn reader(&self, fd: RawFd) -> Option<&Py<Handle>> {
+        self.map.get(&fd)?.reader.as_ref()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -249,7 +249,8 @@ impl LoopBase {
         LoopBase::unwatch_fd(slf, fileobj_to_fd(fd)?, side)
     }
 
-    /// Removes (and cancels) the reader or writer of `fd`; returns whether there was one.
+    /// Removes (and cancels) the reader or writer of `fd`; returns whether there was one (a
+    /// parked reader does not count: to Python code it is not there).
     pub(crate) fn unwatch_fd(slf: &Bound<'_, Self>, fd: RawFd, side: Side) -> PyResult<bool> {
         let py = slf.py();
         let removed = {
@@ -260,12 +261,28 @@ impl LoopBase {
             s.watches.clear(&poller, fd, side)
         };
         match removed {
-            Some(handle) => {
+            Some((handle, parked)) => {
                 handle.bind(py).call_method0(intern!(py, "cancel"))?;
-                Ok(true)
+                Ok(!parked)
             }
             None => Ok(false),
         }
+    }
+
+    /// Leaves `handle`, the reader of `fd`, registered while idle (see `fd_watch`).
+    pub(crate) fn park_reader(slf: &Bound<'_, Self>, fd: RawFd, handle: &Py<Handle>) {
+        slf.borrow_mut().watches.park_reader(fd, handle);
+    }
+
+    /// Takes a parked reader back into use; false if it is gone.
+    pub(crate) fn resume_reader(slf: &Bound<'_, Self>, fd: RawFd, handle: &Py<Handle>) -> bool {
+        slf.borrow_mut().watches.resume_reader(fd, handle)
+    }
+
+    /// The reader of `fd`, parked or not.
+    pub(crate) fn reader_of(slf: &Bound<'_, Self>, fd: RawFd) -> Option<Py<Handle>> {
+        let py = slf.py();
+        slf.borrow().watches.reader(fd).map(|h| h.clone_ref(py))
     }
 }
 
@@ -392,6 +409,7 @@ impl LoopBase {
         Ok(self
             .watches
             .get(fd)
+            .filter(|w| !w.reader_parked)
             .and_then(|w| w.reader.as_ref().map(|h| h.clone_ref(py))))
     }
 

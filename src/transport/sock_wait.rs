@@ -7,13 +7,17 @@
 //! steps without raising, and without a Python function call per step. The Python side uses it
 //! only for plain `socket.socket` objects whose `recv` is the C one, so code that wraps or
 //! patches `recv` still sees its own method called, as with asyncio.
+//!
+//! Between two receives on the same socket the reader stays registered, parked (see `fd_watch`):
+//! a server looping on `sock_recv()` then costs no `epoll_ctl` per message (two before: add and
+//! remove), which was most of the gap to a loop that keeps its registrations.
 
 use super::{is_retry, with_read_buffer, MAX_READ};
 use crate::errors::os_error;
 use crate::event_loop::{LoopBase, Side};
-use crate::handles::Handle;
+use crate::handles::{Handle, NativeCall};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyWeakrefReference};
 use pyo3::{intern, PyTraverseError, PyVisit};
 use std::io;
 use std::os::fd::RawFd;
@@ -43,10 +47,10 @@ fn recv_into(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// `sock_recv(sock, n)`'s work for the socket `fd`: the data if some is there now, else a future
-/// that gets it (or the error). The caller has checked the socket itself.
+/// `sock_recv(sock, n)`'s work for `sock` (whose fd is `fd`): the data if some is there now,
+/// else a future that gets it (or the error). The caller has checked the socket itself.
 #[pyfunction]
-pub fn sock_recv(event_loop: &Bound<'_, PyAny>, fd: RawFd, n: usize) -> PyResult<Py<PyAny>> {
+pub fn sock_recv(event_loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd, n: usize) -> PyResult<Py<PyAny>> {
     let py = event_loop.py();
     if let Some(data) = try_recv(py, fd, n)? {
         return Ok(data.into_any().unbind());
@@ -55,19 +59,25 @@ pub fn sock_recv(event_loop: &Bound<'_, PyAny>, fd: RawFd, n: usize) -> PyResult
     // As asyncio, only a wait needs the fd to itself.
     event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
     let future = event_loop.call_method0(intern!(py, "create_future"))?;
-    let waiter = Bound::new(
-        py,
-        RecvWaiter {
-            event_loop: base.clone().unbind(),
-            fd,
-            n,
-            future: Some(future.clone().unbind()),
-            handle: None,
-        },
-    )?;
-    let ready = waiter.getattr(intern!(py, "_ready"))?;
-    let handle = LoopBase::watch_fd(base, fd, Side::Read, ready, PyTuple::empty(py))?;
-    waiter.borrow_mut().handle = Some(handle);
+    let waiter = if let Some(waiter) = RecvWaiter::parked(base, sock, fd) {
+        waiter
+    } else {
+        let waiter = Bound::new(
+            py,
+            RecvWaiter {
+                event_loop: base.clone().unbind(),
+                fd,
+                // Weak: a parked reader must not keep a socket the program dropped alive (open).
+                sock: PyWeakrefReference::new(sock).ok().map(Bound::unbind),
+                pending: None,
+                handle: None,
+            },
+        )?;
+        let handle = LoopBase::watch_fd_native(base, fd, Side::Read, waiter.as_any(), &RECV_READY)?;
+        waiter.borrow_mut().handle = Some(handle);
+        waiter
+    };
+    waiter.borrow_mut().pending = Some((future.clone().unbind(), n));
     future.call_method1(
         intern!(py, "add_done_callback"),
         (waiter.getattr(intern!(py, "_done"))?,),
@@ -75,25 +85,58 @@ pub fn sock_recv(event_loop: &Bound<'_, PyAny>, fd: RawFd, n: usize) -> PyResult
     Ok(future.unbind())
 }
 
-/// The reader and done callback of one pending `sock_recv()`.
+static RECV_READY: NativeCall = NativeCall {
+    name: "_ready",
+    call: |target| RecvWaiter::_ready(target.cast::<RecvWaiter>()?),
+};
+
+/// The reader of a socket's `sock_recv()` calls, and the done callback of the pending one.
+///
+/// After a receive the reader is parked (left registered, see `fd_watch`) rather than removed,
+/// and the next `sock_recv()` on the same socket takes it back without a syscall. It is removed
+/// for real when it fires with no receive pending, on an error, on cancellation, or when anything
+/// else installs a reader on the fd.
 #[pyclass(module = "ferroloop._ferroloop")]
 pub struct RecvWaiter {
     event_loop: Py<LoopBase>,
     fd: RawFd,
-    n: usize,
-    /// `None` once the wait is over.
-    future: Option<Py<PyAny>>,
+    /// The socket object this reader serves: a parked reader is taken back only by the same,
+    /// still open, socket object (an fd number closed and reused must get a real registration).
+    sock: Option<Py<PyWeakrefReference>>,
+    /// The pending receive's future and size; `None` while parked.
+    pending: Option<(Py<PyAny>, usize)>,
     handle: Option<Py<Handle>>,
 }
 
 impl RecvWaiter {
-    /// Removes our reader, unless another `add_reader()` replaced (and so cancelled) it: the fd's
-    /// new watcher is not ours to remove.
+    /// The parked waiter of `sock` on `fd`, taken back into use, if there is one.
+    fn parked<'py>(base: &Bound<'py, LoopBase>, sock: &Bound<'py, PyAny>, fd: RawFd) -> Option<Bound<'py, Self>> {
+        let py = base.py();
+        let handle = LoopBase::reader_of(base, fd)?;
+        let target = handle.borrow(py).native_target(py)?;
+        let waiter = target.into_bound(py).cast_into::<RecvWaiter>().ok()?;
+        {
+            let w = waiter.borrow();
+            let ours = w.handle.as_ref().is_some_and(|h| h.is(&handle));
+            let same_socket = w
+                .sock
+                .as_ref()
+                .and_then(|weak| weak.bind(py).upgrade())
+                .is_some_and(|s| s.is(sock));
+            if !ours || w.pending.is_some() || !same_socket {
+                return None;
+            }
+        }
+        LoopBase::resume_reader(base, fd, &handle).then_some(waiter)
+    }
+
+    /// Removes our reader for good, unless another `add_reader()` replaced (and so cancelled) it:
+    /// the fd's new watcher is not ours to remove.
     fn finish(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let (handle, event_loop, fd) = {
             let mut s = slf.borrow_mut();
-            s.future = None;
+            s.pending = None;
             (s.handle.take(), s.event_loop.clone_ref(py), s.fd)
         };
         if let Some(handle) = handle {
@@ -103,19 +146,31 @@ impl RecvWaiter {
         }
         Ok(())
     }
+
+    /// The receive is over: keep the reader, idle, for the socket's next `sock_recv()`.
+    fn park(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let mut s = slf.borrow_mut();
+        s.pending = None;
+        if let Some(handle) = &s.handle {
+            LoopBase::park_reader(s.event_loop.bind(py), s.fd, handle);
+        }
+    }
 }
 
 #[pymethods]
 impl RecvWaiter {
-    /// The fd is readable: try again.
+    /// The fd is readable: try again (or, while parked, stop watching).
     fn _ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let (future, fd, n) = {
             let s = slf.borrow();
-            let Some(future) = s.future.as_ref() else {
-                return Ok(());
+            let Some((future, n)) = s.pending.as_ref() else {
+                // Readable with nobody waiting: a parked reader must not keep firing.
+                drop(s);
+                return Self::finish(slf);
             };
-            (future.clone_ref(py).into_bound(py), s.fd, s.n)
+            (future.clone_ref(py).into_bound(py), s.fd, *n)
         };
         if future.call_method0(intern!(py, "done"))?.is_truthy()? {
             return Self::finish(slf);
@@ -123,7 +178,7 @@ impl RecvWaiter {
         match try_recv(py, fd, n) {
             Ok(None) => Ok(()),
             Ok(Some(data)) => {
-                Self::finish(slf)?;
+                Self::park(slf);
                 future.call_method1(intern!(py, "set_result"), (data,))?;
                 Ok(())
             }
@@ -135,9 +190,11 @@ impl RecvWaiter {
         }
     }
 
-    /// The future is done (result, error or cancellation): stop watching.
-    fn _done(slf: &Bound<'_, Self>, _future: &Bound<'_, PyAny>) -> PyResult<()> {
-        if slf.borrow().future.is_some() {
+    /// A future of ours is done. If it is still the pending one, it was cancelled (or completed
+    /// by someone else): stop watching.
+    fn _done(slf: &Bound<'_, Self>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        let pending = slf.borrow().pending.as_ref().is_some_and(|(f, _)| f.is(future));
+        if pending {
             Self::finish(slf)?;
         }
         Ok(())
@@ -145,12 +202,15 @@ impl RecvWaiter {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
-        visit.call(&self.future)?;
+        visit.call(&self.sock)?;
+        if let Some((future, _)) = &self.pending {
+            visit.call(future)?;
+        }
         visit.call(&self.handle)
     }
 
     fn __clear__(&mut self) {
-        self.future = None;
+        self.pending = None;
         self.handle = None;
     }
 }
