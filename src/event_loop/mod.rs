@@ -199,11 +199,7 @@ impl LoopBase {
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let debug = {
-            let s = slf.borrow();
-            s.check_closed()?;
-            s.debug
-        };
+        let debug = LoopBase::open_debug(slf)?;
         let handle = Handle::new(py, callback.unbind(), args.unbind(), None, debug)?.into_persistent(py)?;
         LoopBase::install_watch(slf, fd, side, handle)
     }
@@ -218,13 +214,16 @@ impl LoopBase {
         native: &'static NativeCall,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let debug = {
-            let s = slf.borrow();
-            s.check_closed()?;
-            s.debug
-        };
+        let debug = LoopBase::open_debug(slf)?;
         let handle = Handle::new_native(py, target.clone().unbind(), native, debug)?.into_persistent(py)?;
         LoopBase::install_watch(slf, fd, side, handle)
+    }
+
+    /// Whether the loop is in debug mode; `RuntimeError` if it is closed.
+    fn open_debug(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let s = slf.borrow();
+        s.check_closed()?;
+        Ok(s.debug)
     }
 
     fn install_watch(slf: &Bound<'_, Self>, fd: RawFd, side: Side, handle: Py<Handle>) -> PyResult<Py<Handle>> {
