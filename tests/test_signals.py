@@ -243,6 +243,21 @@ def test_coroutine_object_rejected(loop):
     assert loop.remove_signal_handler(signal.SIGUSR1) is False
 
 
+@pytest.mark.timeout(20)
+def test_interrupt_tripped_by_a_callback_is_handled_before_the_loop_waits(loop):
+    """`_thread.interrupt_main()` notes SIGINT without sending a signal, so nothing interrupts a
+    poll that blocks afterwards: the pending handler must run before the loop waits."""
+    import _thread
+
+    task = loop.create_task(asyncio.sleep(3600))
+    loop.call_soon(_thread.interrupt_main)  # a C function: no Python code runs after it this turn
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_complete(task)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(task)
+
+
 def test_add_after_close_raises(loop):
     loop.close()
     with pytest.raises(RuntimeError):

@@ -4,7 +4,8 @@
 //!    earliest live timer, else unbounded. Cancelled timers at the top of the heap are dropped
 //!    here, and the heap is rebuilt when cancelled timers are most of a large heap.
 //! 2. Poll with the GIL released. A signal interrupts the poll and Python's handlers run (so
-//!    Ctrl-C raises `KeyboardInterrupt` out of `run_forever`, as with asyncio).
+//!    Ctrl-C raises `KeyboardInterrupt` out of `run_forever`, as with asyncio); signals already
+//!    pending are handled before a poll that may block.
 //! 3. Queue the callbacks of ready fds, then of due timers, and run exactly the callbacks queued
 //!    before this phase began; callbacks they schedule run on the next turn.
 //!
@@ -124,6 +125,16 @@ impl LoopBase {
 /// Runs one turn of the loop.
 pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     let py = slf.py();
+    if slf.borrow().ready.is_empty() {
+        // A signal Python has noted but not handled yet must be handled before the poll may block:
+        // nothing would end the wait for it. That happens with `_thread.interrupt_main()` (no OS
+        // signal is sent), and when another thread's GIL hand-off recomputed the eval breaker
+        // without the main thread's pending signal, so no Python code ran the handler. asyncio's
+        // loop runs Python bytecode right before each `select()`, which handles them there. The
+        // check is one atomic load when nothing is pending; a handler may queue callbacks, which
+        // the plan below then sees.
+        py.check_signals()?;
+    }
     // The clock is read only when there are timers to compare with (a vDSO call still costs a
     // noticeable share of a one-callback turn).
     let mut now = f64::NEG_INFINITY;
