@@ -231,12 +231,10 @@ impl Handle {
         self.callback.as_ref().map(|c| c.clone_ref(py))
     }
 
-    /// The callback as Python code sees it (`None` once released).
-    fn public_callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.callback
-            .as_ref()
-            .map(|c| public_callback(py, c, self.native))
-            .transpose()
+    /// The callback and, for a native call, the method to look up on it: copied out of the
+    /// borrow, so that looking the bound method up (which allocates) happens after it ends.
+    fn callback_parts(&self, py: Python<'_>) -> Option<(Py<PyAny>, Option<&'static NativeCall>)> {
+        self.callback.as_ref().map(|c| (c.clone_ref(py), self.native))
     }
 
     pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -300,11 +298,14 @@ impl Handle {
                 h.cancelled,
                 h.timer_cancels.is_some(),
                 h.when,
-                h.public_callback(py)?,
+                h.callback_parts(py),
                 h.args.as_ref().map(|a| a.clone_ref(py)),
                 h.source_traceback(py),
             )
         };
+        let callback = callback
+            .map(|(c, native)| public_callback(py, &c, native))
+            .transpose()?;
         let mut info = vec![class_name];
         if cancelled {
             info.push("cancelled".to_owned());
@@ -411,8 +412,10 @@ impl Handle {
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.public_callback(py)
+    fn _callback(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        let parts = slf.borrow().callback_parts(py);
+        parts.map(|(c, native)| public_callback(py, &c, native)).transpose()
     }
 
     #[getter]

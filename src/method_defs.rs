@@ -4,6 +4,10 @@
 //!
 //! A definition is turned into an ordinary method descriptor of a given class, so it binds,
 //! type-checks `self` and shows in `help()` like any builtin method.
+//!
+//! The entry points run inside `pyo3::impl_::trampoline`, the (documentation-hidden) wrapper
+//! PyO3's own generated methods use; `Cargo.toml` keeps PyO3 on one minor version, and a PyO3
+//! upgrade must check that this API is unchanged.
 
 use pyo3::ffi;
 use pyo3::prelude::*;

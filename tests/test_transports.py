@@ -150,6 +150,19 @@ def test_transport_is_an_asyncio_transport_with_socket_extra_info(loop, kind):
     with_pair(loop, body, kind=kind)
 
 
+def test_a_transports_reader_handle_shows_the_read_ready_method(loop):
+    """The reader the transport installs is a handle whose callback (and repr) names the
+    transport side's `_read_ready`, as asyncio's does, also where the loop calls it natively."""
+
+    async def body(pair):
+        fd = pair.client_transport.get_extra_info("socket").fileno()
+        handle = loop._selector.get_key(fd).data[0]
+        assert handle._callback.__name__ == "_read_ready"
+        assert "_read_ready" in repr(handle)
+
+    with_pair(loop, body)
+
+
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
 def test_bytes_written_arrive_in_order_and_close_calls_connection_lost_once(loop, kind):
     async def body(pair):
