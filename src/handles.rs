@@ -45,8 +45,24 @@ pub struct Handle {
     /// Set when `callback` is not the callable itself but the object whose native method this
     /// handle calls directly (see [`NativeCall`]).
     native: Option<&'static NativeCall>,
+    /// The context is a copy this handle made (`context=None`), so nothing else refers to it.
+    context_copied: bool,
+    /// The copied context is out of the GC's lists while the handle is loop-owned, for the same
+    /// reason as the handle itself, once the queue it joins is deep (see `DEEP_QUEUE`). It is
+    /// tracked again before anyone else can see it (`disown`, `get_context`) and before it is
+    /// released (`Drop`): CPython frees a context assuming it is tracked. Invariant: set only
+    /// while `owned_by_loop` (or while the handle is being dropped) and `context_copied`.
+    context_untracked: bool,
     /// Debug mode only, boxed so that handles outside debug mode stay small.
     diagnostics: Option<Box<Diagnostics>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // The context may outlive us (an invocation in flight still holds it) and is freed by
+        // CPython as a tracked object.
+        self.retrack_context();
+    }
 }
 
 /// What a debug-mode handle keeps for diagnostics.
@@ -89,6 +105,14 @@ fn public_callback(py: Python<'_>, callback: &Py<PyAny>, native: Option<&NativeC
     }
 }
 
+/// Queue depth from which a loop-owned handle's copied context leaves the GC's lists. Below it,
+/// a context is recycled through CPython's context free list (255 entries) before any collection
+/// sees it, so tracking costs nothing and untracking would only add work. Above it, every queued
+/// context is a fresh allocation that young-generation collections walk and then promote, which
+/// triggers full collections: 5,000 queued `call_soon_threadsafe` calls cost three times as
+/// much per call as 100 (docs/perf-log.md).
+const DEEP_QUEUE: usize = 256;
+
 static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -100,10 +124,15 @@ impl Handle {
         context: Option<Py<PyAny>>,
         debug: bool,
     ) -> PyResult<Self> {
-        let context = match context {
-            Some(ctx) if !ctx.is_none(py) => ctx,
+        let (context, context_copied) = match context {
+            Some(ctx) if !ctx.is_none(py) => (ctx, false),
             // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an exception set.
-            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() },
+            _ => unsafe {
+                (
+                    Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind(),
+                    true,
+                )
+            },
         };
         let diagnostics = debug.then(|| {
             Box::new(Diagnostics {
@@ -122,6 +151,8 @@ impl Handle {
             debug,
             owned_by_loop: false,
             native: None,
+            context_copied,
+            context_untracked: false,
             diagnostics,
         })
     }
@@ -135,8 +166,8 @@ impl Handle {
 
     /// Wraps a one-shot handle of the loop's into a Python object, untracked by the GC unless in
     /// debug mode (see `owned_by_loop`).
-    pub fn into_loop_owned(mut self, py: Python<'_>) -> PyResult<Py<Handle>> {
-        self.owned_by_loop = !self.debug;
+    pub fn into_loop_owned(mut self, py: Python<'_>, queued: usize) -> PyResult<Py<Handle>> {
+        self.set_loop_owned(queued);
         let owned = self.owned_by_loop;
         let handle = Py::new(py, self)?;
         set_gc_tracked(handle.bind(py).as_any(), !owned);
@@ -151,9 +182,29 @@ impl Handle {
         Ok(handle)
     }
 
-    /// Marks a timer built with `into_timer` as owned by the loop (outside debug mode).
-    pub fn set_loop_owned(&mut self) {
+    /// Marks a handle as owned by the loop (outside debug mode), about to join a queue or heap
+    /// that already holds `queued` handles.
+    pub fn set_loop_owned(&mut self, queued: usize) {
         self.owned_by_loop = !self.debug;
+        if self.owned_by_loop && self.context_copied && !self.context_untracked && queued >= DEEP_QUEUE {
+            if let Some(ctx) = &self.context {
+                // SAFETY: a live context object, tracked since its creation by
+                // PyContext_CopyCurrent and referred to by this handle alone.
+                unsafe { ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast()) };
+                self.context_untracked = true;
+            }
+        }
+    }
+
+    /// Puts a context untracked by `set_loop_owned` back in the GC's lists.
+    fn retrack_context(&mut self) {
+        if std::mem::take(&mut self.context_untracked) {
+            if let Some(ctx) = &self.context {
+                // SAFETY: the context is live (this handle holds it) and untracked: only this
+                // handle changes its tracking state, and it untracked it.
+                unsafe { ffi::PyObject_GC_Track(ctx.as_ptr().cast()) };
+            }
+        }
     }
 
     pub fn is_loop_owned(&self) -> bool {
@@ -194,6 +245,7 @@ impl Handle {
             return (false, invocation);
         }
         self.owned_by_loop = false;
+        self.retrack_context();
         match invocation {
             Some(inv) if !self.cancelled && self.callback.is_none() => {
                 self.callback = Some(inv.callback);
@@ -407,7 +459,9 @@ impl Handle {
         self.cancelled
     }
 
-    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    fn get_context(&mut self, py: Python<'_>) -> Option<Py<PyAny>> {
+        // Python code may now build reference cycles through it: the GC must see it.
+        self.retrack_context();
         self.context.as_ref().map(|c| c.clone_ref(py))
     }
 
@@ -448,6 +502,7 @@ impl Handle {
     }
 
     fn __clear__(&mut self) {
+        self.retrack_context();
         self.callback = None;
         self.args = None;
         self.context = None;

@@ -544,3 +544,72 @@ def test_running_loop_not_visible_from_other_threads(loop):
 
     loop.run_until_complete(main())
     assert seen == [None]
+
+
+class _Payload:
+    """A weak-referenceable value whose release a test watches."""
+
+
+payload_var: contextvars.ContextVar[_Payload] = contextvars.ContextVar("payload_var")
+
+# More callbacks than any allocator free list holds, so each one gets a freshly allocated
+# handle and context copy.
+DEEP_QUEUE = 5000
+
+
+def _schedule_deep_queue(loop, method, keep_handles):
+    """Schedule DEEP_QUEUE callbacks from a context whose only reference to a fresh payload is
+    the one each callback's context copy inherits; returns a weak reference to the payload."""
+    payload = _Payload()
+    ref = weakref.ref(payload)
+
+    def schedule(payload):
+        payload_var.set(payload)
+        if method == "call_later":
+            return [loop.call_later(0, payload_var.get) for _ in range(DEEP_QUEUE)]
+        return [getattr(loop, method)(payload_var.get) for _ in range(DEEP_QUEUE)]
+
+    handles = contextvars.copy_context().run(schedule, payload)
+    del payload
+    return ref, (handles if keep_handles else None)
+
+
+@pytest.mark.parametrize("keep_handles", [False, True], ids=["dropped", "kept"])
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later"])
+def test_contexts_of_a_deep_queue_are_released_after_running(loop, method, keep_handles):
+    ref, handles = _schedule_deep_queue(loop, method, keep_handles)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    gc.collect()
+    assert ref() is not None if keep_handles else ref() is None
+    del handles
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("keep_handles", [False, True], ids=["dropped", "kept"])
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later"])
+def test_contexts_of_a_deep_queue_are_released_when_the_loop_closes(loop, method, keep_handles):
+    ref, handles = _schedule_deep_queue(loop, method, keep_handles)
+    loop.close()
+    del handles
+    gc.collect()
+    assert ref() is None
+
+
+def test_reference_cycle_through_a_callback_context_is_collected(loop):
+    # The callback stores, in its own context, an object that refers back to the handle:
+    # handle -> context -> payload -> handle, a cycle only the GC can free.
+    refs = []
+    box = []
+
+    def callback():
+        payload = _Payload()
+        payload.handle = box.pop()
+        payload_var.set(payload)
+        refs.append(weakref.ref(payload))
+
+    box.append(loop.call_soon(callback))
+    _run_once(loop)
+    assert refs and refs[0]() is not None
+    gc.collect()
+    assert refs[0]() is None

@@ -159,16 +159,16 @@ impl LoopBase {
         threadsafe: bool,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let debug = {
+        let (debug, queued) = {
             let s = slf.borrow();
             s.check_closed()?;
             if s.debug && !threadsafe {
                 s.check_thread()?;
             }
-            s.debug
+            (s.debug, s.ready.len())
         };
         check_callback(&callback, method, debug)?;
-        let handle = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_loop_owned(py)?;
+        let handle = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_loop_owned(py, queued)?;
         let mut s = slf.borrow_mut();
         s.ready.push_back(handle.clone_ref(py));
         if threadsafe && s.running && s.thread_id != current_thread() {
@@ -681,17 +681,17 @@ impl LoopBase {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
-        let (debug, cancels) = {
+        let (debug, cancels, queued) = {
             let s = slf.borrow();
             s.check_closed()?;
             if s.debug {
                 s.check_thread()?;
             }
-            (s.debug, s.timer_cancels.clone())
+            (s.debug, s.timer_cancels.clone(), s.timers.len())
         };
         check_callback(&callback, "call_at", debug)?;
         let mut base = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_timer(when, cancels);
-        base.set_loop_owned();
+        base.set_loop_owned(queued);
         let owned = base.is_loop_owned();
         let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
         crate::handles::set_gc_tracked(timer.as_any(), !owned);
