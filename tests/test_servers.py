@@ -5,12 +5,15 @@ the stdlib asyncio loop (the oracle)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
+import gc
 import os
 import socket
 import ssl
 import sys
 import tempfile
+import warnings
 
 import pytest
 
@@ -50,6 +53,92 @@ async def read_hello(host, port=None, **kwargs):
     writer.close()
     await writer.wait_closed()
     return data
+
+
+connection_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("connection_var", default=None)
+
+
+def test_each_accepted_connection_gets_its_own_context(loop):
+    # The protocol factory runs in a context of its own for each connection: what it sets is
+    # seen by that connection's callbacks and by no other connection.
+    seen = []
+
+    class Tagged(asyncio.Protocol):
+        def __init__(self):
+            seen.append(("factory", connection_var.get()))
+            connection_var.set(len(seen))
+
+        def connection_made(self, transport):
+            seen.append(("connection_made", connection_var.get()))
+            transport.write(b"hello")
+
+        def data_received(self, data):
+            seen.append(("data_received", connection_var.get()))
+
+        def eof_received(self):
+            return False
+
+    async def one_connection(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await reader.readexactly(5) == b"hello"
+        writer.write(b"x")
+        writer.write_eof()
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await loop.create_server(Tagged, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        await one_connection(port)
+        await one_connection(port)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert seen == [
+        ("factory", None),
+        ("connection_made", 1),
+        ("data_received", 1),
+        ("factory", None),
+        ("connection_made", 4),
+        ("data_received", 4),
+    ]
+
+
+def test_server_keeps_accepting_after_a_protocol_factory_error(loop, handler_calls):
+    loop.set_debug(True)
+    attempts = 0
+
+    def factory():
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise RuntimeError("no protocol for you")
+        return Hello()
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while not handler_calls:
+            await asyncio.sleep(0.01)
+        writer.close()
+        await writer.wait_closed()
+        assert await read_hello("127.0.0.1", port) == b"hello"
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert [c["message"] for c in handler_calls] == ["Error on transport creation for incoming connection"]
+    exc = handler_calls[0]["exception"]
+    assert isinstance(exc, RuntimeError)
+    # asyncio leaves the failed connection's socket to the garbage collector (the exception's
+    # traceback holds it, and it warns when collected); ferroloop closes it at once.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        exc.__traceback__ = None
+        gc.collect()
 
 
 def test_server_object_lifecycle(loop):

@@ -201,38 +201,73 @@ class _WriteSide(_NativeTransport):
 class _CoreTransport(_ReadSide, _WriteSide, transports._FlowControlMixin):
     """What the socket transports share: reading, flow control, and the socket's extra info."""
 
-    __slots__ = ("__weakref__", "_core", "_sock_fd", "_socket", "_sockname", "_trsock")
+    __slots__ = ("__weakref__", "_core", "_extra_dict", "_peername", "_sock_fd", "_socket", "_sockname", "_trsock")
 
     _core: _ferroloop.SocketCore
 
+    # Extra info: "socket", "sockname" and "peername", all a plain connection has, live in slots
+    # and the TransportSocket is made on first request. asyncio keeps them in the `_extra` dict,
+    # which (with its TransportSocket) was the largest part of what an idle connection cost.
+    # The dict is made only when there is more to keep, or when code reads asyncio's private
+    # `_extra`; from then on it is the one source of truth, as in asyncio.
+
     def _setup(self, loop: Loop, sock: socket.socket, extra: dict[str, Any] | None) -> None:
         # _FlowControlMixin.__init__ is skipped on purpose: the native core keeps the water marks.
-        transports.BaseTransport.__init__(self, extra)
-        # "socket" and "sockname" are answered by get_extra_info() without a place in `_extra`:
-        # a dict entry each and a TransportSocket made for every connection, needed or not, were
-        # a good part of what an idle connection cost.
         self._socket = sock
         self._trsock: trsock.TransportSocket | None = None
+        self._extra_dict: dict[str, Any] | None = None
         try:
             self._sockname = _shared_address(sock.getsockname())
         except OSError:
             self._sockname = None
-        if "peername" not in self._extra:
+        if extra and "peername" in extra:
+            peername = extra["peername"]
+        else:
             try:
-                self._extra["peername"] = sock.getpeername()
+                peername = sock.getpeername()
             except OSError:
-                self._extra["peername"] = None
-        self._extra["peername"] = _peer_address(self._extra["peername"])
+                peername = None
+        self._peername = _peer_address(peername)
+        if extra and extra.keys() != {"peername"}:
+            self._extra_info_dict(extra)
         self._sock_fd = sock.fileno()
 
+    def _transport_socket(self) -> trsock.TransportSocket:
+        if self._trsock is None:
+            self._trsock = trsock.TransportSocket(self._socket)
+        return self._trsock
+
+    def _extra_info_dict(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """asyncio's `_extra`, made from the slots (into `extra`, as asyncio fills the dict
+        its caller passed) the first time something needs it."""
+        if extra is None:
+            extra = {}
+        extra["socket"] = self._transport_socket()
+        extra["sockname"] = self._sockname
+        extra["peername"] = self._peername
+        self._extra_dict = extra
+        return extra
+
+    @property  # type: ignore[override]  # a slot in asyncio's BaseTransport
+    def _extra(self) -> dict[str, Any]:
+        extra = self._extra_dict
+        return self._extra_info_dict() if extra is None else extra
+
+    @_extra.setter
+    def _extra(self, value: dict[str, Any]) -> None:
+        self._extra_dict = value
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra = self._extra_dict
+        if extra is not None:
+            return extra.get(name, default)
         if name == "socket":
-            if self._trsock is None:
-                self._trsock = trsock.TransportSocket(self._socket)
-            return self._trsock
+            return self._transport_socket()
         if name == "sockname":
             return self._sockname
-        return self._extra.get(name, default)
+        if name == "peername":
+            return self._peername
+        return default
 
     def _start(
         self,
@@ -350,7 +385,7 @@ class DatagramTransport(_CoreTransport, transports.DatagramTransport):
             self,
             datagram=True,
             address=address,
-            connected=bool(self._extra["peername"]),
+            connected=bool(self._peername),
             family=int(sock.family),
         )
         self._start(loop, protocol, waiter)

@@ -7,9 +7,10 @@ per task or per call site: the running-loop and async-generator bookkeeping arou
 exception-handler dispatch, executors, name resolution, signals and the `sock_*` coroutines.
 
 Networking: the transports are native (`_transports`, over `_ferroloop.SocketCore` and
-`PipeCore`), children are reaped through pidfds (`_subprocess`), and the per-connection entry
-points (`create_connection`, `create_server`, ...) are CPython's own code building those
-transports (`_stdlib_net`).
+`PipeCore`), children are reaped through pidfds (`_subprocess`), servers accept plain
+connections without a task each (`_accept`), and the per-connection entry points
+(`create_connection`, `create_server`, ...) are CPython's own code building those transports
+(`_stdlib_net`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from asyncio import coroutines, futures, tasks
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from . import _ferroloop, _resolve
+from ._accept import DirectAccept
 from ._stdlib_net import SelectorView, StdlibNetworking
 from ._subprocess import PidfdChildren
 from ._transports import NativeTransports
@@ -70,7 +72,9 @@ def _noop_signal_handler(signum: int, frame: object) -> None:
 
 # The native call_soon()/call_later()/... return ferroloop's own Handle types, which are not
 # asyncio.Handle subclasses (a documented difference): type checkers see the bases disagree.
-class Loop(_ferroloop.LoopBase, NativeTransports, PidfdChildren, StdlibNetworking, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(  # type: ignore[misc]
+    _ferroloop.LoopBase, NativeTransports, DirectAccept, PidfdChildren, StdlibNetworking, asyncio.AbstractEventLoop
+):
     """An asyncio event loop whose engine is written in Rust."""
 
     def __init__(self) -> None:

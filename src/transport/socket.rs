@@ -36,23 +36,15 @@ use std::os::fd::RawFd;
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// What a read delivers to.
-enum Reader {
-    /// `protocol.data_received`.
-    Data(Py<PyAny>),
-    /// A `BufferedProtocol`'s `get_buffer` and `buffer_updated`.
-    Buffered(Py<PyAny>, Py<PyAny>),
-}
-
 #[pyclass(module = "ferroloop._ferroloop")]
 #[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, kept one for one
 pub struct SocketCore {
     /// The loop, the fd, the protocol, the Python transport and the flow control.
     link: Link,
     sock: Option<Py<PyAny>>,
-    /// The protocol's read callbacks, looked up once per `set_protocol` (as uvloop does); `None`
-    /// when the protocol lacks them, so the `AttributeError` surfaces at the first read.
-    reader: Option<Reader>,
+    /// The protocol is a `BufferedProtocol`: reads go through `get_buffer`/`buffer_updated`.
+    /// Its methods are looked up at each read, as asyncio's transports do: caching the bound
+    /// methods (uvloop's way) saved nothing measurable per read and cost 64 bytes per connection.
     buffered: bool,
     server: Option<Py<PyAny>>,
     /// The future `sendfile()` waits on until the write buffer is empty.
@@ -288,40 +280,10 @@ impl SocketCore {
         }
     }
 
-    /// The read callbacks of the current protocol (new references).
-    fn reader(&self, py: Python<'_>) -> PyResult<Reader> {
-        match &self.reader {
-            Some(Reader::Data(f)) => Ok(Reader::Data(f.clone_ref(py))),
-            Some(Reader::Buffered(g, u)) => Ok(Reader::Buffered(g.clone_ref(py), u.clone_ref(py))),
-            None => {
-                // The protocol lacks its callbacks: look them up again, to raise asyncio's error.
-                let protocol = self
-                    .link
-                    .protocol
-                    .as_ref()
-                    .map_or_else(|| py.None(), |p| p.clone_ref(py));
-                let protocol = protocol.bind(py);
-                if self.buffered {
-                    Ok(Reader::Buffered(
-                        protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
-                        protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
-                    ))
-                } else {
-                    Ok(Reader::Data(protocol.getattr(intern!(py, "data_received"))?.unbind()))
-                }
-            }
-        }
-    }
-
-    fn read_into_protocol_buffer(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        get_buffer: &Py<PyAny>,
-        buffer_updated: &Py<PyAny>,
-    ) -> PyResult<()> {
+    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, fd: RawFd, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let target = match get_buffer.call1(py, (-1,)).and_then(|buf| {
-            if buf.bind(py).len()? == 0 {
+        let target = match protocol.call_method1(intern!(py, "get_buffer"), (-1,)).and_then(|buf| {
+            if buf.len()? == 0 {
                 return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
             }
             Ok(buf)
@@ -329,7 +291,7 @@ impl SocketCore {
             Ok(buf) => buf,
             Err(err) => return Self::fail(slf, err, "Fatal error: protocol.get_buffer() call failed."),
         };
-        let n = match recv_into(target.bind(py), fd) {
+        let n = match recv_into(&target, fd) {
             Ok(Ok(n)) => n,
             Ok(Err(err)) if is_retry(&err) => return Ok(()),
             Ok(Err(err)) => return Self::fail(slf, os_error(&err), "Fatal read error on socket transport"),
@@ -339,7 +301,7 @@ impl SocketCore {
         if n == 0 {
             return Self::on_eof(slf);
         }
-        if let Err(err) = buffer_updated.call1(py, (n,)) {
+        if let Err(err) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
             return Self::fail(slf, err, "Fatal error: protocol.buffer_updated() call failed.");
         }
         Ok(())
@@ -420,7 +382,6 @@ impl SocketCore {
         Ok(SocketCore {
             link: Link::new(event_loop, fd, transport),
             sock: Some(sock),
-            reader: None,
             buffered: false,
             server,
             empty_waiter: None,
@@ -438,20 +399,6 @@ impl SocketCore {
         let py = protocol.py();
         let buffered_class = BUFFERED_PROTOCOL.import(py, "asyncio.protocols", "BufferedProtocol")?;
         self.buffered = protocol.is_instance(buffered_class)?;
-        self.reader = if self.buffered {
-            match (
-                protocol.getattr(intern!(py, "get_buffer")),
-                protocol.getattr(intern!(py, "buffer_updated")),
-            ) {
-                (Ok(g), Ok(u)) => Some(Reader::Buffered(g.unbind(), u.unbind())),
-                _ => None,
-            }
-        } else {
-            protocol
-                .getattr(intern!(py, "data_received"))
-                .ok()
-                .map(|f| Reader::Data(f.unbind()))
-        };
         self.link.protocol = Some(protocol.clone().unbind());
         self.protocol_connected = true;
         Ok(())
@@ -598,32 +545,27 @@ impl SocketCore {
         if slf.borrow().datagram.is_some() {
             return datagram::read_ready(slf);
         }
-        let (fd, reader) = {
+        let (fd, protocol, buffered) = {
             let s = slf.borrow();
             if s.conn_lost > 0 {
                 return Ok(());
             }
-            (s.link.fd, s.reader(py))
+            (s.link.fd, s.link.protocol.as_ref().map(|p| p.clone_ref(py)), s.buffered)
         };
-        let reader = match reader {
-            Ok(reader) => reader,
-            Err(err) => return Self::fail(slf, err, "Fatal error: protocol.data_received() call failed."),
-        };
-        match reader {
-            Reader::Data(data_received) => match recv_bytes(py, fd) {
-                Received::Data(data) => {
-                    if let Err(err) = data_received.call1(py, (data,)) {
-                        return Self::fail(slf, err, "Fatal error: protocol.data_received() call failed.");
-                    }
-                    Ok(())
+        let protocol = protocol.unwrap_or_else(|| py.None()).into_bound(py);
+        if buffered {
+            return Self::read_into_protocol_buffer(slf, fd, &protocol);
+        }
+        match recv_bytes(py, fd) {
+            Received::Data(data) => {
+                if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                    return Self::fail(slf, err, "Fatal error: protocol.data_received() call failed.");
                 }
-                Received::Eof => Self::on_eof(slf),
-                Received::NotReady => Ok(()),
-                Received::Failed(err) => Self::fail(slf, os_error(&err), "Fatal read error on socket transport"),
-            },
-            Reader::Buffered(get_buffer, buffer_updated) => {
-                Self::read_into_protocol_buffer(slf, fd, &get_buffer, &buffer_updated)
+                Ok(())
             }
+            Received::Eof => Self::on_eof(slf),
+            Received::NotReady => Ok(()),
+            Received::Failed(err) => Self::fail(slf, os_error(&err), "Fatal read error on socket transport"),
         }
     }
 
@@ -705,7 +647,6 @@ impl SocketCore {
         let (sock, server, waiter, released) = {
             let mut s = slf.borrow_mut();
             s.link.protocol = None;
-            s.reader = None;
             s.link.event_loop = None;
             (s.sock.take(), s.server.take(), s.empty_waiter.take(), s.clear_unsent())
         };
@@ -789,14 +730,6 @@ impl SocketCore {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.link.traverse(&visit)?;
         visit.call(&self.sock)?;
-        match &self.reader {
-            Some(Reader::Data(f)) => visit.call(f)?,
-            Some(Reader::Buffered(g, u)) => {
-                visit.call(g)?;
-                visit.call(u)?;
-            }
-            None => {}
-        }
         visit.call(&self.server)?;
         visit.call(&self.empty_waiter)?;
         for shared in self.buffer.shared() {
@@ -811,7 +744,6 @@ impl SocketCore {
     fn __clear__(&mut self) {
         self.link.clear();
         self.sock = None;
-        self.reader = None;
         self.server = None;
         self.empty_waiter = None;
         drop(self.clear_unsent());

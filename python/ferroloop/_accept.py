@@ -1,0 +1,107 @@
+"""Accepting a server's plain (non-TLS) connections without a task per connection.
+
+CPython's selector loop accepts each connection in the listening socket's reader and then runs
+`_accept_connection2()` as a task: one `Task`, coroutine, frame and waiter future per
+connection, only to await a waiter that a plain transport resolves right after
+`connection_made()`. The task adds a loop turn to every accept, and at a burst of thousands of
+connections its short-lived objects interleave in memory with the connections' long-lived ones,
+leaving the allocator's pools fragmented: the resident size per idle connection then varied by
+±25% from run to run.
+
+Here a plain connection's protocol and transport are made directly in the reader, each in its own
+copy of the context, as the task would have run them (a context variable the protocol factory
+sets stays with that connection). What the task observed is kept: `SystemExit` and
+`KeyboardInterrupt` propagate, other errors reach the exception handler in debug mode only (with
+the same message), and errors that stop accepting are CPython's own code path. TLS connections
+still go through CPython's task: it awaits the handshake.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import socket
+from asyncio import base_events, constants, protocols, selector_events
+from asyncio.log import logger
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .loop import Loop
+
+_stdlib_accept_connection = selector_events.BaseSelectorEventLoop._accept_connection
+
+
+class DirectAccept:
+    """The listening socket's reader of `create_server()`/`create_unix_server()` servers."""
+
+    __slots__ = ()
+
+    def _accept_connection(
+        self,
+        protocol_factory: Callable[[], protocols.BaseProtocol],
+        sock: socket.socket,
+        sslcontext: ssl.SSLContext | None = None,
+        server: base_events.Server | None = None,
+        backlog: int = 100,
+        ssl_handshake_timeout: float = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        loop: Loop = self  # type: ignore[assignment]
+        if sslcontext:
+            _stdlib_accept_connection(
+                loop, protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+            )
+            return
+        # As CPython: at most `backlog` connections per readiness, so one busy listener cannot
+        # starve the rest of the loop.
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError:
+                # Out of fds or memory, or worse: CPython's path retries the accept and reports
+                # the error, backs off or raises, exactly as its loop does.
+                _stdlib_accept_connection(
+                    loop, protocol_factory, sock, None, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+                )
+                return
+            if loop._debug:
+                logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+            contextvars.copy_context().run(_start_connection, loop, protocol_factory, conn, addr, server)
+
+
+def _start_connection(
+    loop: Loop,
+    protocol_factory: Callable[[], protocols.BaseProtocol],
+    conn: socket.socket,
+    addr: Any,
+    server: base_events.Server | None,
+) -> None:
+    protocol = None
+    transport = None
+    try:
+        protocol = protocol_factory()
+        transport = loop._make_socket_transport(conn, protocol, extra={"peername": addr}, server=server)
+    except (SystemExit, KeyboardInterrupt):
+        if transport is None:
+            conn.close()
+        raise
+    except BaseException as exc:
+        # CPython's task leaves the socket to the garbage collector here (with a ResourceWarning);
+        # nothing else refers to it, so close it now.
+        if transport is None:
+            conn.close()
+        if loop._debug:
+            context: dict[str, Any] = {
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc,
+            }
+            if protocol is not None:
+                context["protocol"] = protocol
+            if transport is not None:
+                context["transport"] = transport
+            loop.call_exception_handler(context)
