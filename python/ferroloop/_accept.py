@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from .loop import Loop
 
-_stdlib_accept_connection = selector_events.BaseSelectorEventLoop._accept_connection
+_stdlib_accept_connection = selector_events.BaseSelectorEventLoop._accept_connection  # type: ignore[attr-defined]
 
 
 class DirectAccept:

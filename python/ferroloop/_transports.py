@@ -248,7 +248,7 @@ class _CoreTransport(_ReadSide, _WriteSide, transports._FlowControlMixin):
         self._extra_dict = extra
         return extra
 
-    @property  # type: ignore[override]  # a slot in asyncio's BaseTransport
+    @property  # a slot in asyncio's BaseTransport
     def _extra(self) -> dict[str, Any]:
         extra = self._extra_dict
         return self._extra_info_dict() if extra is None else extra
