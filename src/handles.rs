@@ -262,6 +262,14 @@ impl Handle {
             visit.call(&self.callback)?;
             visit.call(&self.args)?;
             visit.call(&self.context)?;
+            if self.context_untracked {
+                if let Some(ctx) = &self.context {
+                    // The GC does not look inside an untracked context: report what it refers
+                    // to (its variables) as the loop's, or a cycle through a context variable
+                    // back to the loop could never be collected.
+                    visit_referents(ctx, visit)?;
+                }
+            }
         }
         Ok(())
     }
@@ -379,6 +387,44 @@ impl Handle {
         }
         Ok(format!("<{}>", info.join(" ")))
     }
+}
+
+/// Calls `visit` on each object `obj` refers to, through its type's `tp_traverse`.
+fn visit_referents(obj: &Py<PyAny>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+    struct Forward<'a, 'v> {
+        visit: &'a PyVisit<'v>,
+        error: Option<PyTraverseError>,
+    }
+
+    unsafe extern "C" fn forward(referent: *mut ffi::PyObject, arg: *mut std::ffi::c_void) -> std::ffi::c_int {
+        // SAFETY: `arg` is the `Forward` below, alive for the whole tp_traverse call; `referent`
+        // is a live object the traversed one holds. It is wrapped without an incref and never
+        // dropped, so its reference count is untouched.
+        unsafe {
+            let forward = &mut *arg.cast::<Forward<'_, '_>>();
+            let referent =
+                std::mem::ManuallyDrop::new(Py::<PyAny>::from_owned_ptr(Python::assume_attached(), referent));
+            match forward.visit.call(&*referent) {
+                Ok(()) => 0,
+                Err(err) => {
+                    forward.error = Some(err);
+                    1
+                }
+            }
+        }
+    }
+
+    let mut state = Forward { visit, error: None };
+    // SAFETY: `obj` is a live object of a GC type (a context), traversed with the GIL held
+    // during a collection, as its tp_traverse expects.
+    unsafe {
+        if let Some(traverse) = (*ffi::Py_TYPE(obj.as_ptr())).tp_traverse {
+            if traverse(obj.as_ptr(), forward, (&raw mut state).cast()) != 0 {
+                return state.error.map_or(Ok(()), Err);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `callback(args) at file:line`, as asyncio's `format_helpers._format_callback_source` writes it

@@ -8,6 +8,7 @@ import functools
 import gc
 import threading
 import time
+import warnings
 import weakref
 
 import pytest
@@ -613,3 +614,25 @@ def test_reference_cycle_through_a_callback_context_is_collected(loop):
     assert refs and refs[0]() is not None
     gc.collect()
     assert refs[0]() is None
+
+
+def test_unclosed_loop_in_a_cycle_through_a_deep_queue_is_collected(loop_module):
+    # loop -> queued handle -> its context -> a context variable's value -> loop: only the GC
+    # can free this, and it must see through the queued contexts to do so.
+    class Holder:
+        pass
+
+    def schedule(holder):
+        payload_var.set(holder)
+        for _ in range(DEEP_QUEUE):
+            holder.loop.call_soon(lambda: None)
+
+    holder = Holder()
+    holder.loop = loop_module.new_event_loop()
+    ref = weakref.ref(holder)
+    contextvars.copy_context().run(schedule, holder)
+    del holder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # "unclosed event loop"
+        gc.collect()
+    assert ref() is None

@@ -9,6 +9,7 @@ import contextvars
 import errno
 import gc
 import os
+import selectors
 import socket
 import ssl
 import sys
@@ -397,3 +398,53 @@ def test_sendfile_without_fallback_on_tls_raises(loop, tmp_path):
         await server.wait_closed()
 
     run(loop, main())
+
+
+class _FailingListener:
+    """A listening socket stand-in whose accept() raises the given errors in turn."""
+
+    def __init__(self, *errors):
+        self._sock = socket.socket()
+        self.errors = list(errors)
+        self.accepts = 0
+
+    def accept(self):
+        self.accepts += 1
+        raise self.errors.pop(0)
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def close(self):
+        self._sock.close()
+
+
+def test_accept_error_other_than_exhausted_resources_propagates(loop):
+    # The loop's reader for a listening socket raises such an error (the loop then reports it).
+    listener = _FailingListener(PermissionError(errno.EPERM, "denied by a firewall"), BlockingIOError())
+    try:
+        with pytest.raises(PermissionError):
+            loop._accept_connection(Hello, listener)
+        assert listener.accepts == 1
+    finally:
+        listener.close()
+
+
+def test_accept_out_of_fds_reports_and_backs_off(loop, handler_calls, monkeypatch):
+    monkeypatch.setattr(asyncio.constants, "ACCEPT_RETRY_DELAY", 0.01)
+    listener = _FailingListener(OSError(errno.EMFILE, "Too many open files"), BlockingIOError())
+    try:
+        loop._accept_connection(Hello, listener)
+        # asyncio goes on calling accept() after such an error (up to `backlog` times, reporting
+        # each failure); ferroloop stops at the first.
+        assert listener.accepts >= 1
+        assert [c["message"] for c in handler_calls] == ["socket.accept() out of system resource"]
+        assert handler_calls[0]["exception"].errno == errno.EMFILE
+        # Accepting resumes after the retry delay: the listener is watched again.
+        with pytest.raises(KeyError):
+            loop._selector.get_key(listener.fileno())
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert loop._selector.get_key(listener.fileno()).events == selectors.EVENT_READ
+        assert loop.remove_reader(listener.fileno())
+    finally:
+        listener.close()

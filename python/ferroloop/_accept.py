@@ -6,21 +6,25 @@ connection, only to await a waiter that a plain transport resolves right after
 `connection_made()`. The task adds a loop turn to every accept, and at a burst of thousands of
 connections its short-lived objects interleave in memory with the connections' long-lived ones,
 leaving the allocator's pools fragmented: the resident size per idle connection then varied by
-±25% from run to run.
+up to 25% from run to run.
 
 Here a plain connection's protocol and transport are made directly in the reader, each in its own
 copy of the context, as the task would have run them (a context variable the protocol factory
 sets stays with that connection). What the task observed is kept: `SystemExit` and
 `KeyboardInterrupt` propagate, other errors reach the exception handler in debug mode only (with
-the same message), and errors that stop accepting are CPython's own code path. TLS connections
-still go through CPython's task: it awaits the handshake.
+the same message); `accept()` errors are handled as CPython's reader handles them (back off on
+exhausted resources, raise otherwise). TLS connections still go through CPython's task: it awaits
+the handshake. Two differences remain, the same as with uvloop: the protocol factory runs with no
+current task (`asyncio.current_task()` is None there), and `connection_made()` comes one loop turn
+sooner.
 """
 
 from __future__ import annotations
 
 import contextvars
+import errno
 import socket
-from asyncio import base_events, constants, protocols, selector_events
+from asyncio import base_events, constants, protocols, selector_events, trsock
 from asyncio.log import logger
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +33,9 @@ if TYPE_CHECKING:
     import ssl
 
     from .loop import Loop
+
+# accept() errors after which asyncio backs off and retries instead of raising.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 _stdlib_accept_connection = selector_events.BaseSelectorEventLoop._accept_connection  # type: ignore[attr-defined]
 
@@ -62,11 +69,30 @@ class DirectAccept:
                 conn.setblocking(False)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
-            except OSError:
-                # Out of fds or memory, or worse: CPython's path retries the accept and reports
-                # the error, backs off or raises, exactly as its loop does.
-                _stdlib_accept_connection(
-                    loop, protocol_factory, sock, None, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise  # the loop reports it to the exception handler, as asyncio's does
+                # Linux keeps reporting the listener readable: stop watching it for a while.
+                # (CPython's loop also goes on calling accept() up to `backlog` times, reporting
+                # each failure; one report and one retry timer are enough.)
+                loop.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                        "socket": trsock.TransportSocket(sock),
+                    }
+                )
+                loop._remove_reader(sock.fileno())
+                loop.call_later(
+                    constants.ACCEPT_RETRY_DELAY,
+                    loop._start_serving,  # type: ignore[attr-defined]
+                    protocol_factory,
+                    sock,
+                    sslcontext,
+                    server,
+                    backlog,
+                    ssl_handshake_timeout,
+                    ssl_shutdown_timeout,
                 )
                 return
             if loop._debug:
