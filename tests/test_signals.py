@@ -249,13 +249,19 @@ def test_interrupt_tripped_by_a_callback_is_handled_before_the_loop_waits(loop):
     poll that blocks afterwards: the pending handler must run before the loop waits."""
     import _thread
 
-    task = loop.create_task(asyncio.sleep(3600))
-    loop.call_soon(_thread.interrupt_main)  # a C function: no Python code runs after it this turn
-    with pytest.raises(KeyboardInterrupt):
-        loop.run_until_complete(task)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        loop.run_until_complete(task)
+    # interrupt_main() does nothing while SIGINT is ignored, which it is in a process started in
+    # the background by a non-interactive shell: install Python's handler for the test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        task = loop.create_task(asyncio.sleep(3600))
+        loop.call_soon(_thread.interrupt_main)  # a C function: no Python code runs after it this turn
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(task)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(task)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_add_after_close_raises(loop):

@@ -485,6 +485,10 @@ def child_main(config_path: str) -> int:
 
         watchdog = Watchdog(config["budget"], config["stall"])
         watchdog.arm()
+        # A process started in the background by a non-interactive shell inherits SIGINT ignored,
+        # and Python then leaves it so: `_thread.interrupt_main()` does nothing and the tests that
+        # use it (test_runners) wait forever, on any loop. Give the tests what an interactive run has.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             make_loop = LoopFactory(resolve_object(config["loop"]))
             install_policy(make_loop)
