@@ -150,6 +150,24 @@ def test_transport_is_an_asyncio_transport_with_socket_extra_info(loop, kind):
     with_pair(loop, body, kind=kind)
 
 
+def test_private_extra_dict_holds_asyncios_keys_and_rules_get_extra_info(loop):
+    """`_extra` (private, but read by libraries) has the keys asyncio puts there, and what is
+    stored through it is what get_extra_info() answers."""
+
+    async def body(pair):
+        tr = pair.client_transport
+        extra = tr._extra
+        assert {"socket", "sockname", "peername"} <= extra.keys()
+        assert extra["socket"] is tr.get_extra_info("socket")
+        assert extra["peername"] == tr.get_extra_info("peername")
+        extra["peername"] = ("203.0.113.1", 1)
+        extra["custom"] = "value"
+        assert tr.get_extra_info("peername") == ("203.0.113.1", 1)
+        assert tr.get_extra_info("custom") == "value"
+
+    with_pair(loop, body)
+
+
 def test_a_transports_reader_handle_shows_the_read_ready_method(loop):
     """The reader the transport installs is a handle whose callback (and repr) names the
     transport side's `_read_ready`, as asyncio's does, also where the loop calls it natively."""
