@@ -10,6 +10,7 @@
 //! cancelled timer stays in the heap; it bumps the loop's cancelled-timer counter so the loop can
 //! rebuild the heap when cancelled entries dominate.
 
+use crate::call_args::CallArgs;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 #[allow(clippy::struct_excessive_bools)] // independent flags, each mirroring one of asyncio's
 pub struct Handle {
     callback: Option<Py<PyAny>>,
-    args: Option<Py<PyTuple>>,
+    args: Option<CallArgs>,
     context: Option<Py<PyAny>>,
     cancelled: bool,
     /// Set for timer handles: deadline on the loop clock.
@@ -45,13 +46,12 @@ pub struct Handle {
     /// Set when `callback` is not the callable itself but the object whose native method this
     /// handle calls directly (see [`NativeCall`]).
     native: Option<&'static NativeCall>,
-    /// The context is a copy this handle made (`context=None`), so nothing else refers to it.
-    context_copied: bool,
-    /// The copied context is out of the GC's lists while the handle is loop-owned, for the same
-    /// reason as the handle itself, once the queue it joins is deep (see `DEEP_QUEUE`). It is
-    /// tracked again before anyone else can see it (`disown`, `get_context`) and before it is
-    /// released (`Drop`): CPython frees a context assuming it is tracked. Invariant: set only
-    /// while `owned_by_loop` (or while the handle is being dropped) and `context_copied`.
+    /// The context, a copy this handle made (`context=None`) and so referred to by nothing else,
+    /// is out of the GC's lists while the handle is loop-owned, for the same reason as the
+    /// handle itself, once the queue it joins is deep (see `DEEP_QUEUE`). It is tracked again
+    /// before anyone else can see it (`disown`, `get_context`) and before it is released
+    /// (`Drop`): CPython frees a context assuming it is tracked. Invariant: set only while
+    /// `owned_by_loop` (or while the handle is being dropped).
     context_untracked: bool,
     /// Debug mode only, boxed so that handles outside debug mode stay small.
     diagnostics: Option<Box<Diagnostics>>,
@@ -86,7 +86,7 @@ pub struct NativeCall {
 /// callback may cancel its own handle).
 pub struct Invocation {
     pub callback: Py<PyAny>,
-    pub args: Py<PyTuple>,
+    pub args: CallArgs,
     pub context: Option<Py<PyAny>>,
     pub native: Option<&'static NativeCall>,
 }
@@ -116,14 +116,20 @@ const DEEP_QUEUE: usize = 256;
 static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-impl Handle {
-    pub fn new(
-        py: Python<'_>,
-        callback: Py<PyAny>,
-        args: Py<PyTuple>,
-        context: Option<Py<PyAny>>,
-        debug: bool,
-    ) -> PyResult<Self> {
+/// The fallible part of making a handle: its context (the caller's or a copy of the current one)
+/// and, in debug mode, its diagnostics. The handle itself is then assembled infallibly, directly
+/// where it is moved into its Python object: building it first and moving it through `Result`s
+/// copied the freshly written struct several times, each copy stalling on store forwarding
+/// (perf showed those copies as most of `call_soon`'s own time).
+struct Setup {
+    context: Py<PyAny>,
+    context_copied: bool,
+    debug: bool,
+    diagnostics: Option<Box<Diagnostics>>,
+}
+
+impl Setup {
+    fn new(py: Python<'_>, context: Option<Py<PyAny>>, debug: bool) -> PyResult<Self> {
         let (context, context_copied) = match context {
             Some(ctx) if !ctx.is_none(py) => (ctx, false),
             // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an exception set.
@@ -140,63 +146,115 @@ impl Handle {
                 frozen_repr: None,
             })
         });
-        Ok(Handle {
-            callback: Some(callback),
-            args: Some(args),
-            context: Some(context),
-            cancelled: false,
-            when: 0.0,
-            scheduled: false,
-            timer_cancels: None,
-            debug,
-            owned_by_loop: false,
-            native: None,
+        Ok(Setup {
+            context,
             context_copied,
-            context_untracked: false,
+            debug,
             diagnostics,
         })
     }
+}
 
-    /// A handle that calls `native` on `target` (in a copy of the current context).
-    pub fn new_native(py: Python<'_>, target: Py<PyAny>, native: &'static NativeCall, debug: bool) -> PyResult<Self> {
-        let mut handle = Handle::new(py, target, PyTuple::empty(py).unbind(), None, debug)?;
-        handle.native = Some(native);
-        Ok(handle)
+/// What a loop-owned timer adds to a handle.
+pub struct TimerSpec {
+    pub when: f64,
+    pub cancels: Arc<AtomicUsize>,
+}
+
+impl Handle {
+    /// Builds a handle from its parts. `queued` is set for a one-shot handle of the loop's, about
+    /// to join a queue or heap that already holds that many handles: outside debug mode it is
+    /// then loop-owned (see `owned_by_loop`), and its copied context leaves the GC's lists when
+    /// the queue is deep (see `DEEP_QUEUE`).
+    #[allow(clippy::inline_always)] // inlined into each caller, so the struct is written once
+    #[inline(always)]
+    fn assemble(
+        callback: Py<PyAny>,
+        args: CallArgs,
+        setup: Setup,
+        queued: Option<usize>,
+        timer: Option<TimerSpec>,
+        native: Option<&'static NativeCall>,
+    ) -> Self {
+        let owned_by_loop = queued.is_some() && !setup.debug;
+        let context_untracked = owned_by_loop && setup.context_copied && queued >= Some(DEEP_QUEUE);
+        if context_untracked {
+            // SAFETY: a live context object, tracked since its creation by PyContext_CopyCurrent
+            // and referred to by this handle alone.
+            unsafe { ffi::PyObject_GC_UnTrack(setup.context.as_ptr().cast()) };
+        }
+        let (when, scheduled, timer_cancels) = match timer {
+            Some(t) => (t.when, true, Some(t.cancels)),
+            None => (0.0, false, None),
+        };
+        Handle {
+            callback: Some(callback),
+            args: Some(args),
+            context: Some(setup.context),
+            cancelled: false,
+            when,
+            scheduled,
+            timer_cancels,
+            debug: setup.debug,
+            owned_by_loop,
+            native,
+            context_untracked,
+            diagnostics: setup.diagnostics,
+        }
     }
 
-    /// Wraps a one-shot handle of the loop's into a Python object, untracked by the GC unless in
-    /// debug mode (see `owned_by_loop`).
-    pub fn into_loop_owned(mut self, py: Python<'_>, queued: usize) -> PyResult<Py<Handle>> {
-        self.set_loop_owned(queued);
-        let owned = self.owned_by_loop;
-        let handle = Py::new(py, self)?;
-        set_gc_tracked(handle.bind(py).as_any(), !owned);
-        Ok(handle)
-    }
-
-    /// Wraps a handle the loop runs many times (fd watchers, signal handlers) into a Python
-    /// object tracked by the GC: it keeps its callback until cancelled.
-    pub fn into_persistent(self, py: Python<'_>) -> PyResult<Py<Handle>> {
-        let handle = Py::new(py, self)?;
+    /// A handle the loop runs many times (fd watchers, signal handlers), as a Python object
+    /// tracked by the GC: it keeps its callback until cancelled. `native`, if given, is called on
+    /// `callback` (see [`NativeCall`]). Its context is a copy of the current one.
+    pub fn persistent(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: CallArgs,
+        native: Option<&'static NativeCall>,
+        debug: bool,
+    ) -> PyResult<Py<Handle>> {
+        let setup = Setup::new(py, None, debug)?;
+        let handle = Py::new(py, Self::assemble(callback, args, setup, None, None, native))?;
         set_gc_tracked(handle.bind(py).as_any(), true);
         Ok(handle)
     }
 
-    /// Marks a handle as owned by the loop (outside debug mode), about to join a queue or heap
-    /// that already holds `queued` handles.
-    pub fn set_loop_owned(&mut self, queued: usize) {
-        self.owned_by_loop = !self.debug;
-        if self.owned_by_loop && self.context_copied && !self.context_untracked && queued >= DEEP_QUEUE {
-            if let Some(ctx) = &self.context {
-                // SAFETY: a live context object, tracked since its creation by
-                // PyContext_CopyCurrent and referred to by this handle alone.
-                unsafe { ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast()) };
-                self.context_untracked = true;
-            }
-        }
+    /// A one-shot handle of the loop's (`call_soon`), about to join a queue of `queued` handles:
+    /// untracked by the GC unless in debug mode (see `owned_by_loop`).
+    pub fn loop_owned(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: CallArgs,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+        queued: usize,
+    ) -> PyResult<Py<Handle>> {
+        let setup = Setup::new(py, context, debug)?;
+        let handle = Py::new(py, Self::assemble(callback, args, setup, Some(queued), None, None))?;
+        set_gc_tracked(handle.bind(py).as_any(), debug);
+        Ok(handle)
     }
 
-    /// Puts a context untracked by `set_loop_owned` back in the GC's lists.
+    /// A one-shot timer of the loop's (`call_at`), about to join a heap of `queued` timers; as
+    /// [`Handle::loop_owned`].
+    #[allow(clippy::too_many_arguments)] // the parts of a timer handle, each needed
+    pub fn loop_owned_timer(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: CallArgs,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+        queued: usize,
+        timer: TimerSpec,
+    ) -> PyResult<Bound<'_, TimerHandle>> {
+        let setup = Setup::new(py, context, debug)?;
+        let base = Self::assemble(callback, args, setup, Some(queued), Some(timer), None);
+        let handle = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
+        set_gc_tracked(handle.as_any(), debug);
+        Ok(handle)
+    }
+
+    /// Puts a context untracked by `assemble` back in the GC's lists.
     fn retrack_context(&mut self) {
         if std::mem::take(&mut self.context_untracked) {
             if let Some(ctx) = &self.context {
@@ -260,7 +318,9 @@ impl Handle {
     pub fn visit_owned(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         if self.owned_by_loop {
             visit.call(&self.callback)?;
-            visit.call(&self.args)?;
+            if let Some(args) = &self.args {
+                args.traverse(visit)?;
+            }
             visit.call(&self.context)?;
             if self.context_untracked {
                 if let Some(ctx) = &self.context {
@@ -272,13 +332,6 @@ impl Handle {
             }
         }
         Ok(())
-    }
-
-    pub fn into_timer(mut self, when: f64, cancels: Arc<AtomicUsize>) -> Self {
-        self.when = when;
-        self.scheduled = true;
-        self.timer_cancels = Some(cancels);
-        self
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -374,7 +427,7 @@ impl Handle {
             info.push(format!("when={}", PyFloat::new(py, when).repr()?));
         }
         if let Some(callback) = callback {
-            let args = args.unwrap_or_else(|| PyTuple::empty(py).unbind());
+            let args = args.unwrap_or(CallArgs::None);
             info.push(format_callback_source(py, &callback, &args)?);
         }
         if let Some(tb) = traceback {
@@ -429,9 +482,9 @@ fn visit_referents(obj: &Py<PyAny>, visit: &PyVisit<'_>) -> Result<(), PyTravers
 
 /// `callback(args) at file:line`, as asyncio's `format_helpers._format_callback_source` writes it
 /// (in handle reprs and "Exception in callback ..." messages).
-pub fn format_callback_source(py: Python<'_>, callback: &Py<PyAny>, args: &Py<PyTuple>) -> PyResult<String> {
+pub fn format_callback_source(py: Python<'_>, callback: &Py<PyAny>, args: &CallArgs) -> PyResult<String> {
     let formatter = FORMAT_CALLBACK_SOURCE.import(py, "asyncio.format_helpers", "_format_callback_source")?;
-    formatter.call1((callback, args))?.extract()
+    formatter.call1((callback, args.to_tuple(py)?))?.extract()
 }
 
 /// Puts `obj` (of a GC type) in or out of the GC's lists. Objects recycled through the `Handle`
@@ -474,12 +527,7 @@ pub fn invoke(py: Python<'_>, inv: &Invocation) -> PyResult<()> {
         let call_result = if let Some(native) = inv.native {
             (native.call)(inv.callback.bind(py))
         } else {
-            let args = inv.args.as_ptr();
-            let result = if ffi::PyTuple_GET_SIZE(args) == 0 {
-                ffi::PyObject_CallNoArgs(inv.callback.as_ptr())
-            } else {
-                ffi::PyObject_Call(inv.callback.as_ptr(), args, std::ptr::null_mut())
-            };
+            let result = inv.args.call(inv.callback.as_ptr());
             if result.is_null() {
                 Err(PyErr::fetch(py))
             } else {
@@ -519,8 +567,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.args.as_ref().map(|a| a.clone_ref(py))
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
+        self.args.as_ref().map(|a| a.to_tuple(py)).transpose()
     }
 
     #[getter]
@@ -539,7 +587,9 @@ impl Handle {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.callback)?;
-        visit.call(&self.args)?;
+        if let Some(args) = &self.args {
+            args.traverse(&visit)?;
+        }
         visit.call(&self.context)?;
         if let Some(diagnostics) = &self.diagnostics {
             visit.call(&diagnostics.source_traceback)?;
@@ -628,7 +678,7 @@ impl TimerHandle {
 struct TimerKey {
     when: f64,
     callback: Option<Py<PyAny>>,
-    args: Option<Py<PyAny>>,
+    args: Option<CallArgs>,
 }
 
 impl TimerKey {
@@ -636,7 +686,7 @@ impl TimerKey {
         TimerKey {
             when: h.when,
             callback: h.callback.as_ref().map(|c| c.clone_ref(py)),
-            args: h.args.as_ref().map(|a| a.clone_ref(py).into_any()),
+            args: h.args.as_ref().map(|a| a.clone_ref(py)),
         }
     }
 }
@@ -649,7 +699,8 @@ fn timer_eq(py: Python<'_>, a: &TimerKey, b: &TimerKey) -> PyResult<bool> {
             _ => Ok(false),
         }
     }
+    let args = |key: &TimerKey| key.args.as_ref().map(|a| a.to_tuple(py).map(Py::into_any)).transpose();
     Ok(a.when == b.when
         && same(py, a.callback.as_ref(), b.callback.as_ref())?
-        && same(py, a.args.as_ref(), b.args.as_ref())?)
+        && same(py, args(a)?.as_ref(), args(b)?.as_ref())?)
 }

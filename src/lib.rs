@@ -4,6 +4,7 @@
 //! the per-callback and per-event work. The Python package (`python/ferroloop`) subclasses
 //! [`event_loop::LoopBase`] into the full `asyncio.AbstractEventLoop`.
 
+mod call_args;
 mod clock;
 mod errors;
 mod event_loop;

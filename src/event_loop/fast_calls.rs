@@ -13,6 +13,7 @@
 //! bookkeeping of the attached thread holds, exactly as for generated methods.
 
 use super::LoopBase;
+use crate::call_args::CallArgs;
 use crate::method_defs::{self, fastcall_entry, MethodDef};
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
@@ -69,15 +70,17 @@ unsafe fn schedule<const THREADSAFE: bool>(
             std::slice::from_raw_parts(args, nargs as usize)
         };
         let mut callback = positional.first().map(|&c| Bound::from_borrowed_ptr(py, c));
-        let rest = if nargs <= 1 {
-            PyTuple::empty(py)
-        } else {
-            let tuple = Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(nargs - 1))?;
-            for (i, &item) in positional[1..].iter().enumerate() {
-                ffi::Py_INCREF(item);
-                ffi::PyTuple_SET_ITEM(tuple.as_ptr(), i as ffi::Py_ssize_t, item);
+        let rest = match positional.get(1..).unwrap_or(&[]) {
+            [] => CallArgs::None,
+            [arg] => CallArgs::One(Py::from_borrowed_ptr(py, *arg)),
+            many => {
+                let tuple = Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(many.len() as ffi::Py_ssize_t))?;
+                for (i, &item) in many.iter().enumerate() {
+                    ffi::Py_INCREF(item);
+                    ffi::PyTuple_SET_ITEM(tuple.as_ptr(), i as ffi::Py_ssize_t, item);
+                }
+                CallArgs::Many(tuple.cast_into_unchecked::<PyTuple>().unbind())
             }
-            tuple.cast_into_unchecked::<PyTuple>()
         };
         let mut context = None;
         if !kwnames.is_null() {

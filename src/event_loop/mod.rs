@@ -14,9 +14,10 @@ mod fast_calls;
 mod fd_watch;
 mod tasks;
 
+use crate::call_args::CallArgs;
 use crate::clock;
 use crate::errors::os_error;
-use crate::handles::{Handle, NativeCall, TimerHandle};
+use crate::handles::{Handle, NativeCall, TimerHandle, TimerSpec};
 use crate::poller::Poller;
 use crate::timers::TimerHeap;
 pub(crate) use fast_calls::install as install_fast_calls;
@@ -25,7 +26,7 @@ pub(crate) use fd_watch::Side;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
-use pyo3::{intern, PyClassInitializer, PyTraverseError, PyTypeInfo, PyVisit};
+use pyo3::{intern, PyTraverseError, PyTypeInfo, PyVisit};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicUsize;
@@ -154,7 +155,7 @@ impl LoopBase {
         slf: &Bound<'_, Self>,
         method: &str,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: CallArgs,
         context: Option<Py<PyAny>>,
         threadsafe: bool,
     ) -> PyResult<Py<Handle>> {
@@ -168,7 +169,7 @@ impl LoopBase {
             (s.debug, s.ready.len())
         };
         check_callback(&callback, method, debug)?;
-        let handle = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_loop_owned(py, queued)?;
+        let handle = Handle::loop_owned(py, callback.unbind(), args, context, debug, queued)?;
         let mut s = slf.borrow_mut();
         s.ready.push_back(handle.clone_ref(py));
         if threadsafe && s.running && s.thread_id != current_thread() {
@@ -200,7 +201,7 @@ impl LoopBase {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let debug = LoopBase::open_debug(slf)?;
-        let handle = Handle::new(py, callback.unbind(), args.unbind(), None, debug)?.into_persistent(py)?;
+        let handle = Handle::persistent(py, callback.unbind(), CallArgs::from_tuple(args), None, debug)?;
         LoopBase::install_watch(slf, fd, side, handle)
     }
 
@@ -215,7 +216,7 @@ impl LoopBase {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let debug = LoopBase::open_debug(slf)?;
-        let handle = Handle::new_native(py, target.clone().unbind(), native, debug)?.into_persistent(py)?;
+        let handle = Handle::persistent(py, target.clone().unbind(), CallArgs::None, Some(native), debug)?;
         LoopBase::install_watch(slf, fd, side, handle)
     }
 
@@ -323,7 +324,7 @@ impl LoopBase {
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        LoopBase::schedule(slf, "call_soon", callback, args, context, false)
+        LoopBase::schedule(slf, "call_soon", callback, CallArgs::from_tuple(args), context, false)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -333,7 +334,14 @@ impl LoopBase {
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        LoopBase::schedule(slf, "call_soon_threadsafe", callback, args, context, true)
+        LoopBase::schedule(
+            slf,
+            "call_soon_threadsafe",
+            callback,
+            CallArgs::from_tuple(args),
+            context,
+            true,
+        )
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
@@ -505,7 +513,7 @@ impl LoopBase {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let debug = slf.borrow().debug;
-        Handle::new(py, callback.unbind(), args.unbind(), None, debug)?.into_persistent(py)
+        Handle::persistent(py, callback.unbind(), CallArgs::from_tuple(args), None, debug)
     }
 
     /// Queue an existing handle (a signal handler's) to run on the next turn.
@@ -690,11 +698,15 @@ impl LoopBase {
             (s.debug, s.timer_cancels.clone(), s.timers.len())
         };
         check_callback(&callback, "call_at", debug)?;
-        let mut base = Handle::new(py, callback.unbind(), args.unbind(), context, debug)?.into_timer(when, cancels);
-        base.set_loop_owned(queued);
-        let owned = base.is_loop_owned();
-        let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
-        crate::handles::set_gc_tracked(timer.as_any(), !owned);
+        let timer = Handle::loop_owned_timer(
+            py,
+            callback.unbind(),
+            CallArgs::from_tuple(args),
+            context,
+            debug,
+            queued,
+            TimerSpec { when, cancels },
+        )?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
         // asyncio's heap compares with `<`, so a NaN deadline pops at once; keep that.
         let key = if when.is_nan() { f64::NEG_INFINITY } else { when };

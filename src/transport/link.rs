@@ -7,12 +7,13 @@
 //! not hold a borrow of the core while doing so.
 
 use super::{logger, report};
+use crate::call_args::CallArgs;
 use crate::event_loop::{closed_error, LoopBase, Side};
 use crate::handles::NativeCall;
 use pyo3::prelude::*;
 use pyo3::pyclass::boolean_struct::False;
 use pyo3::types::PyAnyMethods;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString};
 use pyo3::{intern, PyClass, PyTraverseError, PyVisit};
 use std::os::fd::RawFd;
 
@@ -130,7 +131,7 @@ pub fn unwatch<C: Core>(slf: &Bound<'_, C>, side: Side) -> PyResult<()> {
 }
 
 /// `loop.call_soon(callback, *args)`.
-pub fn call_soon<C: Core>(slf: &Bound<'_, C>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+pub fn call_soon<C: Core>(slf: &Bound<'_, C>, callback: Bound<'_, PyAny>, args: CallArgs) -> PyResult<()> {
     let py = slf.py();
     let event_loop = slf.borrow().link().loop_ref(py).ok_or_else(closed_error)?;
     LoopBase::schedule(event_loop.bind(py), "call_soon", callback, args, None, false)?;

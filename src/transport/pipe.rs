@@ -18,12 +18,13 @@ use super::{
     is_fatal, is_os_error, is_retry, logger, send_or_queue, with_read_buffer, SharedBytes, WriteOutcome,
     LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
+use crate::call_args::CallArgs;
 use crate::errors::os_error;
 use crate::event_loop::{LoopBase, Side};
 use crate::handles::NativeCall;
 use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{intern, PyTraverseError, PyVisit};
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
@@ -94,7 +95,7 @@ impl PipeCore {
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
-        link::call_soon(slf, callback, PyTuple::new(py, [exc])?)
+        link::call_soon(slf, callback, CallArgs::One(exc))
     }
 
     fn fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
@@ -160,7 +161,7 @@ impl PipeCore {
                 let protocol = slf.borrow().link.protocol.as_ref().map(|p| p.clone_ref(py));
                 if let Some(protocol) = protocol {
                     let eof_received = protocol.bind(py).getattr(intern!(py, "eof_received"))?;
-                    link::call_soon(slf, eof_received, PyTuple::empty(py))?;
+                    link::call_soon(slf, eof_received, CallArgs::None)?;
                 }
                 Self::schedule_connection_lost(slf, py.None())
             }

@@ -22,13 +22,14 @@ use super::{
     is_fatal, is_os_error, is_retry, logger, send_or_queue, with_read_buffer, SharedBytes, WriteOutcome,
     LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
+use crate::call_args::CallArgs;
 use crate::errors::os_error;
 use crate::event_loop::{closed_error, LoopBase, Side};
 use crate::handles::NativeCall;
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -209,8 +210,7 @@ impl SocketCore {
 
     /// `loop.call_soon(self.<method>, arg)`.
     fn call_soon(slf: &Bound<'_, Self>, method: &Bound<'_, pyo3::types::PyString>, arg: Py<PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        link::call_soon(slf, slf.getattr(method)?, PyTuple::new(py, [arg])?)
+        link::call_soon(slf, slf.getattr(method)?, CallArgs::One(arg))
     }
 
     /// asyncio's `_fatal_error`: report (OS errors only in debug mode), then force-close.
