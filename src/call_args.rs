@@ -47,6 +47,15 @@ impl CallArgs {
         }
     }
 
+    /// Drops the references as `Bound`s (see `handles::release`).
+    pub fn release(self, py: Python<'_>) {
+        match self {
+            CallArgs::None => {}
+            CallArgs::One(arg) => drop(arg.into_bound(py)),
+            CallArgs::Many(tuple) => drop(tuple.into_bound(py)),
+        }
+    }
+
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             CallArgs::None => Ok(()),

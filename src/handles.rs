@@ -21,7 +21,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-#[pyclass(subclass, freelist = 1024, module = "ferroloop._ferroloop")]
+#[pyclass(subclass, module = "ferroloop._ferroloop")]
 #[allow(clippy::struct_excessive_bools)] // independent flags, each mirroring one of asyncio's
 pub struct Handle {
     callback: Option<Py<PyAny>>,
@@ -62,7 +62,21 @@ impl Drop for Handle {
         // The context may outlive us (an invocation in flight still holds it) and is freed by
         // CPython as a tracked object.
         self.retrack_context();
+        // SAFETY: a handle is dropped by its deallocation or by loop code, both attached to the
+        // interpreter. Released as `Bound`s, the references skip `Py`'s check of the thread-local
+        // attachment count: this runs for every callback.
+        let py = unsafe { Python::assume_attached() };
+        release(py, self.callback.take());
+        if let Some(args) = self.args.take() {
+            args.release(py);
+        }
+        release(py, self.context.take());
     }
+}
+
+/// Drops a reference with the interpreter known to be attached (see `Drop for Handle`).
+pub fn release<T>(py: Python<'_>, obj: Option<Py<T>>) {
+    drop(obj.map(|o| o.into_bound(py)));
 }
 
 /// What a debug-mode handle keeps for diagnostics.
@@ -92,6 +106,13 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// Drops the references (as `release` does).
+    pub fn release(self, py: Python<'_>) {
+        release(py, Some(self.callback));
+        self.args.release(py);
+        release(py, self.context);
+    }
+
     /// The callable as Python code would see it (the bound method, for a native call).
     pub fn public_callback(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         public_callback(py, &self.callback, self.native)
@@ -487,8 +508,8 @@ pub fn format_callback_source(py: Python<'_>, callback: &Py<PyAny>, args: &CallA
     formatter.call1((callback, args.to_tuple(py)?))?.extract()
 }
 
-/// Puts `obj` (of a GC type) in or out of the GC's lists. Objects recycled through the `Handle`
-/// freelist come back untracked whatever they were, so every creation site says what it wants.
+/// Puts `obj` (of a GC type) in or out of the GC's lists. Objects recycled through the handles'
+/// free lists (`free_list`) come back untracked whatever they were, so every creation site says what it wants.
 pub fn set_gc_tracked(obj: &Bound<'_, PyAny>, tracked: bool) {
     let ptr = obj.as_ptr();
     // SAFETY: `obj` is a live object of a GC type (Handle or a subclass); tracking state is only
@@ -610,9 +631,8 @@ impl Handle {
 
 /// A handle with a deadline. All state lives in the base `Handle`; this class adds the timer
 /// methods, so the loop stores every handle as a `Handle`.
-// Its own freelist: otherwise the type inherits `Handle`'s allocation slots and freed timers
-// would be recycled as plain handles.
-#[pyclass(extends = Handle, freelist = 1024, module = "ferroloop._ferroloop")]
+// Both types recycle their objects through `free_list`, each in its own list.
+#[pyclass(extends = Handle, module = "ferroloop._ferroloop")]
 pub struct TimerHandle;
 
 #[pymethods]

@@ -8,6 +8,7 @@ mod call_args;
 mod clock;
 mod errors;
 mod event_loop;
+mod free_list;
 mod handles;
 mod method_defs;
 // Public for the pure-Rust ceiling server in bench/ceiling-server, which measures the same poller
@@ -24,6 +25,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::install_fast_calls(m.py())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    free_list::install(m.py());
     m.add_class::<transport::socket::SocketCore>()?;
     m.add_class::<transport::pipe::PipeCore>()?;
     m.add_class::<transport::sock_wait::RecvWaiter>()?;

@@ -636,3 +636,54 @@ def test_unclosed_loop_in_a_cycle_through_a_deep_queue_is_collected(loop_module)
         warnings.simplefilter("ignore", ResourceWarning)  # "unclosed event loop"
         gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("args", [(), (1,), (1, 2), ((1, 2),)], ids=["none", "one", "two", "one-tuple"])
+def test_handle_args_and_repr_show_the_arguments_as_a_tuple(loop, args):
+    handle = loop.call_soon(print, *args)
+    assert handle._args == args
+    assert repr(args)[1:-1].rstrip(",") in repr(handle)
+    handle.cancel()
+    assert handle._args is None
+
+
+def test_a_one_argument_callback_gets_the_argument_itself(loop):
+    seen = []
+    payload = (1, 2)
+    loop.call_soon(seen.append, payload)
+    loop.call_soon_threadsafe(seen.append, payload)
+    loop.call_later(0, seen.append, payload)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert len(seen) == 3
+    assert all(item is payload for item in seen)
+
+
+def test_recycled_handles_keep_their_kind_and_their_callers_references(loop):
+    # Handles and timer handles freed in bulk are reused for later ones: each must come back as
+    # its own kind, and a handle the caller keeps must stay complete and visible to the GC.
+    for _ in range(3):
+        soon = [loop.call_soon(lambda: None) for _ in range(2000)]
+        later = [loop.call_later(0, lambda: None) for _ in range(2000)]
+        kept_soon, kept_later = soon[::500], later[::500]
+        del soon, later
+        loop.run_until_complete(asyncio.sleep(0.01))
+        gc.collect()
+        for handle in kept_soon:
+            assert type(handle).__name__ == "Handle"
+            assert gc.is_tracked(handle)
+            assert handle._callback is not None
+        for handle in kept_later:
+            assert type(handle).__name__ == "TimerHandle"
+            assert handle.when() > 0
+            assert gc.is_tracked(handle)
+
+
+def test_timer_handles_with_equal_arguments_compare_equal(loop):
+    when = loop.time() + 60
+    first = loop.call_at(when, print, "same")
+    second = loop.call_at(when, print, "same")
+    other = loop.call_at(when, print, "other")
+    assert first == second
+    assert first != other
+    for handle in (first, second, other):
+        handle.cancel()

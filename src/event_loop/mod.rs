@@ -670,8 +670,10 @@ pub(crate) fn let_go(py: Python<'_>, handle: Py<Handle>, invocation: Option<crat
         invocation
     };
     // Dropped after the handle's borrow ended: releasing references can run arbitrary code.
-    drop(leftover);
-    drop(handle);
+    if let Some(invocation) = leftover {
+        invocation.release(py);
+    }
+    drop(handle.into_bound(py));
 }
 
 pub(crate) fn let_go_all(py: Python<'_>, handles: Vec<Py<Handle>>) {

@@ -1,0 +1,106 @@
+//! Free lists for the objects the loop makes per callback: `Handle` and `TimerHandle`.
+//!
+//! A handle lives for one turn of the loop, so reusing freed ones saves the allocator, the
+//! zeroing and the garbage collector's allocation count (which schedules young collections).
+//! PyO3's own `freelist` option does the same behind a `Mutex`, taken twice per handle; these
+//! lists are only touched from `tp_alloc` and `tp_free`, which CPython calls with the GIL held,
+//! so the GIL is all the locking they need (the module declares that it needs the GIL, so a
+//! free-threaded interpreter runs it with the GIL enabled).
+//!
+//! The lists are installed by replacing the types' `tp_alloc` and `tp_free` slots once the types
+//! exist. A recycled object comes back untracked by the GC, as PyO3's lists return them: every
+//! creation site sets the tracking it wants.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::PyTypeInfo;
+use std::cell::UnsafeCell;
+
+/// Objects kept per type; beyond it, freed objects go back to CPython's allocator.
+const CAPACITY: usize = 1024;
+
+struct FreeList {
+    /// The exact type this list recycles (subclasses made in Python allocate as usual).
+    ty: UnsafeCell<*mut ffi::PyTypeObject>,
+    objects: UnsafeCell<Vec<*mut ffi::PyObject>>,
+}
+
+// SAFETY: every access happens in `install`, `alloc` or `free`, all called with the GIL held, and
+// the GIL serialises them.
+unsafe impl Sync for FreeList {}
+
+impl FreeList {
+    const fn new() -> Self {
+        FreeList {
+            ty: UnsafeCell::new(std::ptr::null_mut()),
+            objects: UnsafeCell::new(Vec::new()),
+        }
+    }
+}
+
+static LISTS: [FreeList; 2] = [FreeList::new(), FreeList::new()];
+const HANDLE: usize = 0;
+const TIMER_HANDLE: usize = 1;
+
+/// `tp_alloc` of a type with a free list.
+///
+/// # Safety
+/// CPython's contract for `tp_alloc`: GIL held, `subtype` a live type object.
+unsafe extern "C" fn alloc<const LIST: usize>(
+    subtype: *mut ffi::PyTypeObject,
+    nitems: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    let list = &LISTS[LIST];
+    // SAFETY: the GIL is held (see `FreeList`); a recycled object is a whole, untracked object of
+    // `subtype` whose contents were dropped, which PyObject_Init turns into a new reference (it
+    // also takes the reference to the heap type that deallocation gave back).
+    unsafe {
+        if nitems == 0 && std::ptr::eq(subtype, *list.ty.get()) {
+            if let Some(obj) = (*list.objects.get()).pop() {
+                return ffi::PyObject_Init(obj, subtype);
+            }
+        }
+        ffi::PyType_GenericAlloc(subtype, nitems)
+    }
+}
+
+/// `tp_free` of a type with a free list.
+///
+/// # Safety
+/// CPython's contract for `tp_free`: GIL held, `obj` an object whose deallocation is finishing
+/// (untracked, contents dropped).
+unsafe extern "C" fn free<const LIST: usize>(obj: *mut std::ffi::c_void) {
+    let list = &LISTS[LIST];
+    let obj = obj.cast::<ffi::PyObject>();
+    // SAFETY: as for `alloc`; the object's memory stays valid while it is in the list.
+    unsafe {
+        let objects = &mut *list.objects.get();
+        if std::ptr::eq(ffi::Py_TYPE(obj), *list.ty.get()) && objects.len() < CAPACITY {
+            if objects.capacity() == 0 {
+                objects.reserve_exact(CAPACITY);
+            }
+            objects.push(obj);
+        } else {
+            ffi::PyObject_GC_Del(obj.cast());
+        }
+    }
+}
+
+/// Gives `T`'s type the free list `LIST`.
+fn install_for<T: PyTypeInfo, const LIST: usize>(py: Python<'_>) {
+    let ty = T::type_object_raw(py);
+    // SAFETY: GIL held; `ty` is a live heap type whose instances are GC objects freed with
+    // PyObject_GC_Del, the `tp_free` replaced here. Objects allocated before the swap are freed
+    // through `free`, which only keeps objects of the exact type, so any of them is fine.
+    unsafe {
+        *LISTS[LIST].ty.get() = ty;
+        (*ty).tp_alloc = Some(alloc::<LIST>);
+        (*ty).tp_free = Some(free::<LIST>);
+    }
+}
+
+/// Installs the free lists of `Handle` and `TimerHandle`.
+pub fn install(py: Python<'_>) {
+    install_for::<crate::handles::Handle, HANDLE>(py);
+    install_for::<crate::handles::TimerHandle, TIMER_HANDLE>(py);
+}
