@@ -16,8 +16,13 @@ use pyo3::prelude::*;
 use pyo3::PyTypeInfo;
 use std::cell::UnsafeCell;
 
-/// Objects kept per type; beyond it, freed objects go back to CPython's allocator.
-const CAPACITY: usize = 1024;
+/// Objects kept per type (2 MiB of handles at most); beyond it, freed objects go back to
+/// CPython's allocator. Large because queues fill in bursts: another thread submitting with
+/// `call_soon_threadsafe()` queues thousands of callbacks per GIL slice, and CPython's allocator
+/// unmaps an arena as soon as it empties, so every burst faulted its pages in again. With 1024
+/// objects, 2 million such callbacks cost 62,000 page faults and 0.57 s; with 16384, 47,000 and
+/// 0.48 s (docs/perf-log.md).
+const CAPACITY: usize = 16384;
 
 struct FreeList {
     /// The exact type this list recycles (subclasses made in Python allocate as usual).
