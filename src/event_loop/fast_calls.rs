@@ -18,8 +18,16 @@ use crate::method_defs::{self, fastcall_entry, MethodDef};
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple};
-use pyo3::{intern, PyTypeInfo};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+use pyo3::PyTypeInfo;
+use std::ffi::CStr;
+
+/// The first `("context",)` keyword-names tuple seen, kept alive so that its address identifies
+/// it. Callers pass the same tuple every time: CPython's C `Task` and `Future` keep one for their
+/// `call_soon(callback, arg, context=...)` calls, and a Python call site passes its code object's
+/// constant. Recognising it by address skips matching names for most wake-ups.
+static CONTEXT_ONLY: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
 static CALL_SOON: MethodDef = MethodDef::fastcall(
     c"call_soon",
@@ -62,7 +70,8 @@ unsafe fn schedule<const THREADSAFE: bool>(
     // SAFETY: see the function's contract; every pointer read below is a borrowed reference the
     // caller keeps alive for the duration of the call.
     unsafe {
-        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopBase>()?;
+        // The method descriptor checked that `self` is a LoopBase (or subclass) instance.
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopBase>();
         let nargs = ffi::PyVectorcall_NARGS(nargsf as usize);
         let positional: &[*mut ffi::PyObject] = if nargs == 0 {
             &[]
@@ -84,30 +93,34 @@ unsafe fn schedule<const THREADSAFE: bool>(
         };
         let mut context = None;
         if !kwnames.is_null() {
-            let names = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
-            let context_name = intern!(py, "context");
-            for (i, name) in names.iter().enumerate() {
-                let value = *args.add(nargs as usize + i);
-                // C tasks pass the interned name: compare by identity first.
-                let text = if name.is(context_name) {
-                    "context"
-                } else {
-                    name.cast::<PyString>().map_or("", |n| n.to_str().unwrap_or(""))
-                };
-                match text {
-                    "context" => context = Some(Py::from_borrowed_ptr(py, value)),
-                    // As for a Python `def call_soon(self, callback, *args, ...)`.
-                    "callback" if callback.is_none() => callback = Some(Bound::from_borrowed_ptr(py, value)),
-                    "callback" => {
-                        return Err(PyTypeError::new_err(format!(
-                            "{method}() got multiple values for argument 'callback'"
-                        )))
-                    }
-                    _ => {
+            if CONTEXT_ONLY.get(py).is_some_and(|known| known.as_ptr() == kwnames) {
+                context = Some(Py::from_borrowed_ptr(py, *args.add(nargs as usize)));
+            } else {
+                let names = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
+                for i in 0..names.len() {
+                    let name = names.get_borrowed_item_unchecked(i);
+                    let value = *args.add(nargs as usize + i);
+                    let is = |text: &CStr| ffi::PyUnicode_CompareWithASCIIString(name.as_ptr(), text.as_ptr()) == 0;
+                    if is(c"context") {
+                        context = Some(Py::from_borrowed_ptr(py, value));
+                    } else if is(c"callback") {
+                        // As for a Python `def call_soon(self, callback, *args, ...)`.
+                        if callback.is_some() {
+                            return Err(PyTypeError::new_err(format!(
+                                "{method}() got multiple values for argument 'callback'"
+                            )));
+                        }
+                        callback = Some(Bound::from_borrowed_ptr(py, value));
+                    } else {
+                        let name = name.to_owned();
                         return Err(PyTypeError::new_err(format!(
                             "{method}() got an unexpected keyword argument '{name}'"
-                        )))
+                        )));
                     }
+                }
+                if names.len() == 1 && context.is_some() {
+                    // Remember this `("context",)`: see `CONTEXT_ONLY`.
+                    let _ = CONTEXT_ONLY.set(py, names.unbind());
                 }
             }
         }
