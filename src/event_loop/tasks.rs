@@ -64,20 +64,21 @@ impl LoopBase {
         let task_type = TASK_TYPE.import(py, "asyncio", "Task")?;
         let name = name.filter(|n| !n.is_none());
         let context = context.filter(|c| !c.is_none());
-        let mut args = vec![coro.as_ptr(), slf.as_ptr()];
-        let mut names = vec!["loop"];
-        if let Some(name) = name {
-            args.push(name.as_ptr());
-            names.push("name");
-        }
-        if let Some(context) = context {
-            args.push(context.as_ptr());
-            names.push("context");
+        // Fixed arrays, not vectors: this runs once per task.
+        let mut args = [coro.as_ptr(), slf.as_ptr(), std::ptr::null_mut(), std::ptr::null_mut()];
+        let mut names = ["loop", "", ""];
+        let mut count = 2;
+        for (value, name) in [(name, "name"), (context, "context")] {
+            if let Some(value) = value {
+                args[count] = value.as_ptr();
+                names[count - 1] = name;
+                count += 1;
+            }
         }
         let index = usize::from(name.is_some()) | usize::from(context.is_some()) << 1;
-        let names = kwnames(py, &TASK_KWNAMES[index], &names)?;
+        let names = kwnames(py, &TASK_KWNAMES[index], &names[..count - 1])?;
         // In debug mode the task's creation traceback already ends at the caller: this method has
         // no Python frame of its own to drop (asyncio's drops its create_task frame).
-        vectorcall(py, task_type, &args, 1, names)
+        vectorcall(py, task_type, &args[..count], 1, names)
     }
 }
