@@ -78,7 +78,7 @@ impl CallArgs {
                 CallArgs::One(arg) => ffi::PyObject_CallOneArg(callback, arg.as_ptr()),
                 CallArgs::Many(tuple) => {
                     let tuple = tuple.as_ptr();
-                    let items = (*tuple.cast::<ffi::PyTupleObject>()).ob_item.as_ptr();
+                    let items = (&raw const (*tuple.cast::<ffi::PyTupleObject>()).ob_item).cast();
                     ffi::PyObject_Vectorcall(
                         callback,
                         items,

@@ -57,8 +57,9 @@ unsafe extern "C" fn alloc<const LIST: usize>(
 ) -> *mut ffi::PyObject {
     let list = &LISTS[LIST];
     // SAFETY: the GIL is held (see `FreeList`); a recycled object is a whole, untracked object of
-    // `subtype` whose contents were dropped, which PyObject_Init turns into a new reference (it
-    // also takes the reference to the heap type that deallocation gave back).
+    // `subtype` whose contents were dropped, which PyObject_Init turns into a new reference. Like
+    // a fresh allocation, that takes a reference to the heap type (which PyO3 0.27's deallocation
+    // never gives back, on either path; fixed in later PyO3 releases): the balance is unchanged.
     unsafe {
         if nitems == 0 && std::ptr::eq(subtype, *list.ty.get()) {
             if let Some(obj) = (*list.objects.get()).pop() {

@@ -588,8 +588,11 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
-        self.args.as_ref().map(|a| a.to_tuple(py)).transpose()
+    fn _args(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyTuple>>> {
+        // Copied out first: building the tuple allocates, which may run a collection and with it
+        // finalizers that cancel this very handle.
+        let args = slf.borrow().args.as_ref().map(|a| a.clone_ref(slf.py()));
+        args.map(|a| a.to_tuple(slf.py())).transpose()
     }
 
     #[getter]

@@ -100,6 +100,10 @@ unsafe fn schedule<const THREADSAFE: bool>(
                 for i in 0..names.len() {
                     let name = names.get_borrowed_item_unchecked(i);
                     let value = *args.add(nargs as usize + i);
+                    if ffi::PyUnicode_Check(name.as_ptr()) == 0 {
+                        // CPython's calls never pass one; a C caller might.
+                        return Err(PyTypeError::new_err(format!("{method}() keywords must be strings")));
+                    }
                     let is = |text: &CStr| ffi::PyUnicode_CompareWithASCIIString(name.as_ptr(), text.as_ptr()) == 0;
                     if is(c"context") {
                         context = Some(Py::from_borrowed_ptr(py, value));
