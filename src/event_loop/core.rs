@@ -138,55 +138,64 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     // The clock is read only when there are timers to compare with (a vDSO call still costs a
     // noticeable share of a one-callback turn).
     let mut now = f64::NEG_INFINITY;
-    let (plan, poller, mut epoll_buf, mut readiness, purged) = {
+    let (plan, purged) = {
         let mut s = slf.borrow_mut();
+        if s.poller.is_none() {
+            return Err(super::closed_error());
+        }
         let purged = s.purge_cancelled_timers(py);
         if s.timers.len() > 0 {
             now = clock::monotonic();
         }
-        let plan = s.plan_poll(now);
-        let poller = s.poller.clone().ok_or_else(super::closed_error)?;
-        (
-            plan,
-            poller,
-            std::mem::take(&mut s.epoll_buf),
-            std::mem::take(&mut s.readiness),
-            purged,
-        )
+        (s.plan_poll(now), purged)
     };
     super::let_go_all(py, purged);
 
-    readiness.clear();
-    let poll_result = match plan {
-        PollPlan::Skip => Ok(()),
-        PollPlan::NonBlocking => poller.wait(&mut epoll_buf, &mut readiness, Some(Duration::ZERO)),
-        PollPlan::Block(timeout) => {
-            let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
-            if timeout.is_some() {
-                // Only a wait bounded by a timer needs the clock again.
-                now = clock::monotonic();
-            }
-            waited
-        }
-    };
-    slf.borrow_mut().epoll_buf = epoll_buf;
-    match poll_result {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
-        Err(err) => return Err(os_error(&err)),
-    }
-    if matches!(plan, PollPlan::Skip) {
+    // A turn that skips the poll takes neither the poller nor the buffers.
+    let readiness = if let PollPlan::Skip = plan {
         // Signals still get their turn, as an interrupted poll would have given them.
         py.check_signals()?;
-    }
+        None
+    } else {
+        let (poller, mut epoll_buf, mut readiness) = {
+            let mut s = slf.borrow_mut();
+            let poller = s.poller.clone().ok_or_else(super::closed_error)?;
+            (
+                poller,
+                std::mem::take(&mut s.epoll_buf),
+                std::mem::take(&mut s.readiness),
+            )
+        };
+        readiness.clear();
+        let poll_result = match plan {
+            PollPlan::Block(timeout) => {
+                let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
+                if timeout.is_some() {
+                    // Only a wait bounded by a timer needs the clock again.
+                    now = clock::monotonic();
+                }
+                waited
+            }
+            _ => poller.wait(&mut epoll_buf, &mut readiness, Some(Duration::ZERO)),
+        };
+        slf.borrow_mut().epoll_buf = epoll_buf;
+        match poll_result {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
+            Err(err) => return Err(os_error(&err)),
+        }
+        Some(readiness)
+    };
 
     let (batch, stale, debug) = {
         let mut s = slf.borrow_mut();
         let mut stale = Vec::new();
-        for event in readiness.drain(..) {
-            s.dispatch(py, event, &mut stale);
+        if let Some(mut readiness) = readiness {
+            for event in readiness.drain(..) {
+                s.dispatch(py, event, &mut stale);
+            }
+            s.readiness = readiness;
         }
-        s.readiness = readiness;
         while let Some(timer) = s.timers.pop_due(now) {
             let cancelled = {
                 let mut t = timer.borrow_mut(py);
