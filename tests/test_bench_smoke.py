@@ -39,3 +39,21 @@ def test_all_benchmarks_runner_quick_writes_report_and_chart(tmp_path):
         assert needle in report
     assert "| FAILED" not in report
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="instruction counts need valgrind")
+@pytest.mark.timeout(300)
+def test_instruction_counter_prints_a_count_per_loop_and_row():
+    done = run_bench(
+        str(BENCH / "instructions.py"),
+        "--rows",
+        "call_soon",
+        "--ops",
+        "500",
+        "--loops",
+        "ferroloop=ferroloop:new_event_loop",
+    )
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| call_soon |"))
+    count = int(row.split("|")[2])
+    assert count > 100  # a callback costs hundreds of instructions at the very least
