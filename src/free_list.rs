@@ -16,13 +16,16 @@ use pyo3::prelude::*;
 use pyo3::PyTypeInfo;
 use std::cell::UnsafeCell;
 
-/// Objects kept per type (2 MiB of handles at most); beyond it, freed objects go back to
-/// CPython's allocator. Large because queues fill in bursts: another thread submitting with
-/// `call_soon_threadsafe()` queues thousands of callbacks per GIL slice, and CPython's allocator
-/// unmaps an arena as soon as it empties, so every burst faulted its pages in again. With 1024
-/// objects, 2 million such callbacks cost 62,000 page faults and 0.57 s; with 16384, 47,000 and
-/// 0.48 s (docs/perf-log.md).
+/// Objects kept per type while the loop is busy (2 MiB of handles at most); beyond it, freed
+/// objects go back to CPython's allocator. Large because queues fill in bursts: another thread
+/// submitting with `call_soon_threadsafe()` queues thousands of callbacks per GIL slice, and
+/// CPython's allocator unmaps an arena as soon as it empties, so every burst faulted its pages in
+/// again. 2 million such callbacks: 62,000 page faults and 0.57 s with 1024 objects, 47,000 and
+/// 0.48 s with 16384 (docs/perf-log.md). 65536 measured no better in the benchmark's row.
 const CAPACITY: usize = 16384;
+
+/// What each list keeps once a loop has been idle (see [`trim`]).
+const IDLE_CAPACITY: usize = 1024;
 
 struct FreeList {
     /// The exact type this list recycles (subclasses made in Python allocate as usual).
@@ -30,8 +33,8 @@ struct FreeList {
     objects: UnsafeCell<Vec<*mut ffi::PyObject>>,
 }
 
-// SAFETY: every access happens in `install`, `alloc` or `free`, all called with the GIL held, and
-// the GIL serialises them.
+// SAFETY: every access happens in `install`, `alloc`, `free` or `trim`, all called with the GIL
+// held, and the GIL serialises them.
 unsafe impl Sync for FreeList {}
 
 impl FreeList {
@@ -82,12 +85,37 @@ unsafe extern "C" fn free<const LIST: usize>(obj: *mut std::ffi::c_void) {
     unsafe {
         let objects = &mut *list.objects.get();
         if std::ptr::eq(ffi::Py_TYPE(obj), *list.ty.get()) && objects.len() < CAPACITY {
-            if objects.capacity() == 0 {
-                objects.reserve_exact(CAPACITY);
-            }
             objects.push(obj);
         } else {
             ffi::PyObject_GC_Del(obj.cast());
+        }
+    }
+}
+
+/// Whether a list holds more than its idle size, so that an idle loop should [`trim`] it.
+pub fn holds_surplus(_py: Python<'_>) -> bool {
+    // SAFETY: the GIL is held (the token says so).
+    LISTS
+        .iter()
+        .any(|list| unsafe { (*list.objects.get()).len() > IDLE_CAPACITY })
+}
+
+/// Gives back to CPython's allocator what the lists hold beyond their idle size. The loop calls
+/// this after a poll that waited long enough to call the loop idle, so a burst's handles are
+/// not kept for the life of the process.
+pub fn trim(_py: Python<'_>) {
+    for list in &LISTS {
+        // SAFETY: the GIL is held (the token says so); the objects in a list are whole, untracked
+        // objects of its type with their contents dropped, which PyObject_GC_Del frees as `free`
+        // does.
+        unsafe {
+            let objects = &mut *list.objects.get();
+            if objects.len() > IDLE_CAPACITY {
+                for obj in objects.drain(IDLE_CAPACITY..) {
+                    ffi::PyObject_GC_Del(obj.cast());
+                }
+                objects.shrink_to(IDLE_CAPACITY);
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ import functools
 import gc
 import threading
 import time
+import tracemalloc
 import warnings
 import weakref
 
@@ -687,3 +688,24 @@ def test_timer_handles_with_equal_arguments_compare_equal(loop):
     assert first != other
     for handle in (first, second, other):
         handle.cancel()
+
+
+def test_memory_of_a_burst_of_callbacks_is_released_once_the_loop_is_idle(loop):
+    # ferroloop keeps freed handles for reuse while busy; a loop that then waits for over a
+    # second gives the surplus back, so a burst does not hold its memory for good.
+    def noop():
+        pass
+
+    loop.run_until_complete(asyncio.sleep(0))
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        handles = [loop.call_soon(noop) for _ in range(30_000)]
+        del handles
+        loop.run_until_complete(asyncio.sleep(0))
+        held = tracemalloc.get_traced_memory()[0] - baseline
+        loop.run_until_complete(asyncio.sleep(1.2))
+        after = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    assert after < 1_000_000, (held, after)

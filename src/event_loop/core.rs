@@ -16,6 +16,7 @@ use super::fd_watch::FdWatches;
 use super::LoopBase;
 use crate::clock;
 use crate::errors::os_error;
+use crate::free_list;
 use crate::handles::{format_callback_source, invoke, Handle, Invocation};
 use crate::poller::Readiness;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -29,6 +30,8 @@ use std::time::Duration;
 
 /// asyncio caps a poll at one day, so a clock jump cannot park the loop for longer.
 const MAX_POLL_SECONDS: f64 = 24.0 * 3600.0;
+/// A poll that waited this long means the loop is idle: the handle free lists are trimmed.
+const IDLE_TRIM_SECONDS: f64 = 1.0;
 /// Rebuild the heap only past this size, when more than half of it is cancelled (as asyncio).
 const MIN_HEAP_FOR_REBUILD: usize = 100;
 
@@ -169,10 +172,16 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         readiness.clear();
         let poll_result = match plan {
             PollPlan::Block(timeout) => {
+                // Handles kept from a burst go back to the allocator once the loop has been idle
+                // (see `free_list`); the wait is timed only while there are any.
+                let idle_since = free_list::holds_surplus(py).then(clock::monotonic);
                 let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
-                if timeout.is_some() {
-                    // Only a wait bounded by a timer needs the clock again.
+                if timeout.is_some() || idle_since.is_some() {
+                    // Only a wait bounded by a timer needs the clock again, or one being timed.
                     now = clock::monotonic();
+                }
+                if idle_since.is_some_and(|since| now - since >= IDLE_TRIM_SECONDS) {
+                    free_list::trim(py);
                 }
                 waited
             }
