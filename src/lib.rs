@@ -8,7 +8,7 @@ mod call_args;
 mod clock;
 mod errors;
 mod event_loop;
-pub(crate) mod free_list;
+mod free_list;
 mod handles;
 mod method_defs;
 // Public for the pure-Rust ceiling server in bench/ceiling-server, which measures the same poller
