@@ -3,7 +3,7 @@ PYTHON ?= python3
 SEED ?= ../shared/seed
 PIP := $(PYTHON) -m pip install --disable-pip-version-check -q
 
-.PHONY: help deps build run bench bench-net bench-all test test-rust test-python conformance stubtest lint format clean
+.PHONY: help deps build build-pgo run bench bench-net bench-all test test-rust test-python conformance stubtest lint format clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -17,17 +17,21 @@ build:  ## build the release wheel and install it
 	$(PYTHON) -m maturin build --release -o dist
 	$(PIP) --force-reinstall --no-deps dist/ferroloop-*.whl
 
+build-pgo: deps  ## build the release wheel with profile-guided optimisation (tools/pgo.py) and install it
+	rm -rf dist
+	$(PYTHON) tools/pgo.py --out dist --install
+
 run: deps build  ## build, run the seed patterns on ferroloop, print the micro-benchmark table
 	$(PYTHON) $(SEED)/run_examples.py --loop ferroloop:new_event_loop
 	$(PYTHON) bench/micro.py
 
-bench: build  ## micro-benchmarks: ferroloop vs asyncio vs uvloop
+bench: build-pgo  ## micro-benchmarks: ferroloop vs asyncio vs uvloop
 	$(PYTHON) bench/micro.py
 
-bench-net: build  ## network benchmarks (echo in three modes, HTTP under wrk): ferroloop vs asyncio vs uvloop
+bench-net: build-pgo  ## network benchmarks (echo in three modes, HTTP under wrk): ferroloop vs asyncio vs uvloop
 	$(PYTHON) bench/net.py
 
-bench-all: deps build  ## every benchmark vs asyncio, uvloop and rloop; writes bench/results/report.md and chart.png
+bench-all: build-pgo  ## every benchmark vs asyncio, uvloop and rloop; writes bench/results/report.md and chart.png
 	$(PYTHON) bench/all.py
 
 test: deps lint build stubtest test-rust test-python  ## lint, build, and run every test (Rust, pytest incl. seed and conformance)
@@ -53,15 +57,15 @@ lint:  ## cargo fmt/clippy, ruff, mypy --strict on the package
 		cargo fmt --check --manifest-path $$crate/Cargo.toml && \
 		cargo clippy --quiet --release --manifest-path $$crate/Cargo.toml -- -D warnings || exit 1; \
 	done
-	$(PYTHON) -m ruff check python tests examples bench
-	$(PYTHON) -m ruff format --check python tests examples bench
+	$(PYTHON) -m ruff check python tests examples bench tools
+	$(PYTHON) -m ruff format --check python tests examples bench tools
 	$(PYTHON) -m mypy --strict python/ferroloop
 
 format:  ## apply cargo fmt and ruff format
 	cargo fmt
 	cargo fmt --manifest-path bench/echo-client/Cargo.toml
 	cargo fmt --manifest-path bench/ceiling-server/Cargo.toml
-	$(PYTHON) -m ruff format python tests examples bench
+	$(PYTHON) -m ruff format python tests examples bench tools
 
 clean:  ## remove build outputs
 	rm -rf dist target
