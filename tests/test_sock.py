@@ -340,6 +340,78 @@ def test_concurrent_recvs_on_different_sockets(loop, socks):
     assert run(loop, main()) == [b"to 0", b"to 1", b"to 2"]
 
 
+async def _transport_on(loop, sock):
+    transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+    return transport
+
+
+def test_sock_recv_that_must_wait_refuses_a_transports_fd(loop, socks):
+    a, _ = socks.pair()
+    transport = run(loop, _transport_on(loop, a))
+    try:
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            run(loop, loop.sock_recv(a, 10))
+    finally:
+        transport.close()
+        run(loop, asyncio.sleep(0))
+
+
+def test_sock_recv_refuses_a_transports_fd_after_earlier_receives(loop, socks):
+    """Earlier receives leave nothing behind that lets a later one share a transport's fd, even
+    one whose reading is paused (and so has no reader installed)."""
+    a, b = socks.pair()
+
+    async def main():
+        for i in range(3):
+            waiting = asyncio.ensure_future(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            b.send(f"msg {i}".encode())
+            assert await waiting == f"msg {i}".encode()
+        transport = await _transport_on(loop, a)
+        transport.pause_reading()
+        try:
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                await loop.sock_recv(a, 10)
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    run(loop, main())
+
+
+def test_sock_recv_with_data_ready_does_not_check_transports(loop, socks):
+    """As asyncio: only a receive that has to wait needs the fd to itself."""
+    a, b = socks.pair()
+    transport = run(loop, _transport_on(loop, a))
+    transport.pause_reading()
+    b.send(b"here")
+    try:
+        assert run(loop, loop.sock_recv(a, 10)) == b"here"
+    finally:
+        transport.close()
+        run(loop, asyncio.sleep(0))
+
+
+def test_watching_a_closing_transports_fd_is_allowed(loop, socks):
+    a, _ = socks.pair()
+    transport = run(loop, _transport_on(loop, a))
+    fd = a.fileno()
+    with pytest.raises(RuntimeError, match="is used by transport"):
+        loop.add_reader(fd, lambda: None)
+    transport.pause_reading()
+    transport.close()  # closing, not yet closed: the check lets the fd go
+    try:
+        loop.add_reader(fd, lambda: None)
+        assert loop.remove_reader(fd)
+    finally:
+        run(loop, asyncio.sleep(0))
+
+
+def test_watching_an_invalid_file_object_raises_value_error(loop):
+    with pytest.raises(ValueError, match="Invalid file object"):
+        loop.add_reader(object(), lambda: None)
+
+
 # --------------------------------------------------------------------------
 # cancellation
 # --------------------------------------------------------------------------

@@ -197,8 +197,8 @@ class PipeCore:
     @property
     def _writer_installed(self) -> bool: ...
 
-def sock_recv(event_loop: LoopBase, sock: object, fd: int, n: int) -> bytes | Future[bytes]:
-    """Receive up to n bytes from the socket fd now, or return a future that gets them."""
+def sock_recv(event_loop: LoopBase, sock: object, n: int) -> bytes | Future[bytes]:
+    """Receive up to n bytes from the plain socket sock now, or return a future that gets them."""
 
 def _install_socket_transport_methods(cls: type) -> None:
     """Replace `write` and `is_closing` on a socket transport class with native descriptors."""

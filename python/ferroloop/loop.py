@@ -89,6 +89,8 @@ class Loop(  # type: ignore[misc]
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
         # fd -> transport owning it, for the check that user watchers do not steal its fd.
         self._transports: weakref.WeakValueDictionary[int, asyncio.BaseTransport] = weakref.WeakValueDictionary()
+        # Its fd -> weak reference dict (`data`, which WeakValueDictionary has always had).
+        self._transport_refs: dict[int, weakref.ReferenceType[asyncio.BaseTransport]] = self._transports.data  # type: ignore[attr-defined]
         # pidfd -> pid of each child process being waited for.
         self._child_pidfds: dict[int, int] = {}
         self.set_debug(_debug_mode_from_environment())
@@ -114,6 +116,21 @@ class Loop(  # type: ignore[misc]
         return None if self.is_closed() else SelectorView(self)
 
     # -- fd watchers ---------------------------------------------------------------------------
+
+    def _ensure_fd_no_transport(self, fd: FileDescriptorLike) -> None:
+        """asyncio's check that a watcher or a sock_* wait does not take a transport's fd. The fd is
+        looked up in the weak dictionary's underlying dict, where a miss raises no KeyError: this
+        runs for every sock_recv() and sock_sendall() that has to wait."""
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        ref = self._transport_refs.get(fileno)
+        transport = ref() if ref is not None else None
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
     def add_reader(self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]) -> None:
         """Call callback(*args) whenever fd (an int or an object with fileno()) is readable."""
@@ -553,13 +570,15 @@ class Loop(  # type: ignore[misc]
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to n bytes from sock."""
-        self._check_sock(sock)
-        if type(sock) is socket.socket and _socket_class_unpatched() and n >= 0:
-            # The native path: same steps, no exception per empty try, no Python callback.
-            result = _ferroloop.sock_recv(self, sock, sock.fileno(), n)
+        if type(sock) is _SOCKET and _SOCKET.recv is _C_RECV and n >= 0:
+            # The native path (it makes debug mode's check itself; a plain socket is never an
+            # SSLSocket): same steps, no exception per empty try, no Python callback. Taken only
+            # while nobody has patched socket.socket.recv, which it would bypass.
+            result = _ferroloop.sock_recv(self, sock, n)
             if isinstance(result, bytes):
                 return result
             return await result
+        self._check_sock(sock)
         return cast(bytes, await self._sock_io(sock, False, "recv", n))
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
@@ -586,7 +605,8 @@ class Loop(  # type: ignore[misc]
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of data to sock, waiting for the socket to drain as needed."""
-        self._check_sock(sock)
+        if type(sock) is not _SOCKET or self.get_debug():
+            self._check_sock(sock)
         try:
             sent = sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -669,13 +689,10 @@ def _set_exception_unless_done(fut: asyncio.Future[Any], exc: BaseException) -> 
         fut.set_exception(exc)
 
 
+_SOCKET = socket.socket
+# The C method: the native sock_recv() path must not bypass a patched one (a plain socket has no
+# instance dict, so only the class can be patched).
 _C_RECV = socket.socket.recv
-
-
-def _socket_class_unpatched() -> bool:
-    """Whether socket.socket.recv is still the C method (a plain socket object has no instance
-    dict, so only the class can be patched): the native sock_recv() path must not bypass a patch."""
-    return socket.socket.recv is _C_RECV
 
 
 def _retry_sock_op(fut: asyncio.Future[Any], sock: socket.socket, method: str, args: tuple[Any, ...]) -> None:

@@ -16,6 +16,7 @@ use super::{is_retry, with_read_buffer, MAX_READ};
 use crate::errors::os_error;
 use crate::event_loop::{LoopBase, Side};
 use crate::handles::{Handle, NativeCall};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyWeakrefReference};
 use pyo3::{intern, PyTraverseError, PyVisit};
@@ -47,18 +48,22 @@ fn recv_into(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// `sock_recv(sock, n)`'s work for `sock` (whose fd is `fd`): the data if some is there now,
-/// else a future that gets it (or the error). The caller has checked the socket itself.
+/// `sock_recv(sock, n)`'s work for a plain `socket.socket`: the data if some is there now, else a
+/// future that gets it (or the error). Makes debug mode's check that the socket is non-blocking,
+/// the one check of asyncio's that applies to a plain socket.
 #[pyfunction]
-pub fn sock_recv(event_loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd, n: usize) -> PyResult<Py<PyAny>> {
+pub fn sock_recv(event_loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, n: usize) -> PyResult<Py<PyAny>> {
     let py = event_loop.py();
+    let base = event_loop.cast::<LoopBase>()?;
+    if base.borrow().debug_enabled() && !sock.call_method0(intern!(py, "gettimeout"))?.eq(0)? {
+        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    }
+    let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
     if let Some(data) = try_recv(py, fd, n)? {
         return Ok(data.into_any().unbind());
     }
-    let base = event_loop.cast::<LoopBase>()?;
     // As asyncio, only a wait needs the fd to itself.
     event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
-    let future = event_loop.call_method0(intern!(py, "create_future"))?;
     let waiter = if let Some(waiter) = RecvWaiter::parked(base, sock, fd) {
         waiter
     } else {
@@ -77,6 +82,7 @@ pub fn sock_recv(event_loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: Raw
         waiter.borrow_mut().handle = Some(handle);
         waiter
     };
+    let future = event_loop.call_method0(intern!(py, "create_future"))?;
     waiter.borrow_mut().pending = Some((future.clone().unbind(), n));
     future.call_method1(
         intern!(py, "add_done_callback"),
