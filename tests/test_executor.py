@@ -5,6 +5,7 @@ fixture of conftest.py, whose teardown also shuts down the default executor.
 """
 
 import asyncio
+import concurrent.futures
 import math
 import multiprocessing
 import sys
@@ -119,6 +120,80 @@ def test_cancel_before_start_skips_work(loop):
         executor.shutdown(wait=True)
         assert second.cancelled()
         assert ran == []
+    finally:
+        executor.shutdown(wait=True)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (concurrent.futures.CancelledError("from the worker"), asyncio.CancelledError),
+        (concurrent.futures.InvalidStateError("from the worker"), asyncio.InvalidStateError),
+        (concurrent.futures.TimeoutError("from the worker"), asyncio.TimeoutError),
+    ],
+    ids=["CancelledError", "InvalidStateError", "TimeoutError"],
+)
+def test_concurrent_futures_exceptions_become_asyncio_ones(loop, pool, raised, expected):
+    def fail():
+        raise raised
+
+    async def main():
+        fut = loop.run_in_executor(pool, fail)
+        try:
+            await fut
+        except BaseException as exc:  # CancelledError is a BaseException
+            return exc
+        return None
+
+    got = run(loop, main())
+    assert type(got) is expected
+    assert got.args == raised.args
+
+
+def test_result_of_a_future_cancelled_while_running_is_dropped(loop, pool):
+    started, release = threading.Event(), threading.Event()
+
+    def work():
+        started.set()
+        release.wait(WAIT)
+        return "late"
+
+    async def main():
+        fut = loop.run_in_executor(pool, work)
+        await loop.run_in_executor(None, started.wait, WAIT)
+        fut.cancel()
+        release.set()
+        await asyncio.sleep(0.05)  # the worker finishes and its result arrives
+        return fut
+
+    fut = run(loop, main())
+    assert fut.cancelled()
+
+
+class _SubclassFutureExecutor(ThreadPoolExecutor):
+    """An executor whose futures are a subclass of concurrent.futures.Future."""
+
+    class Future(concurrent.futures.Future):
+        pass
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut = self.Future()
+        inner = super().submit(fn, *args, **kwargs)
+
+        def copy(done):
+            if done.exception() is not None:
+                fut.set_exception(done.exception())
+            else:
+                fut.set_result(done.result())
+
+        inner.add_done_callback(copy)
+        return fut
+
+
+def test_executor_returning_a_future_subclass(loop):
+    executor = _SubclassFutureExecutor(max_workers=1)
+    try:
+        assert run(loop, loop.run_in_executor(executor, pow, 2, 10)) == 1024
     finally:
         executor.shutdown(wait=True)
 
