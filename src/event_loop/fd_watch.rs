@@ -1,7 +1,7 @@
 //! The table of watched file descriptors: at most one reader and one writer handle per fd,
 //! mirrored into the poller's interest set.
 //!
-//! Invariant: an fd is in the table exactly when it has a reader or a writer, and then it is
+//! Invariant: an fd's slot is in use exactly when it has a reader or a writer, and then the fd is
 //! registered in the poller with the matching interest.
 //!
 //! A reader may be *parked*: an idle native `sock_recv()` reader left registered between two
@@ -16,7 +16,6 @@ use crate::handles::Handle;
 use crate::poller::{Interest, Poller};
 use pyo3::prelude::*;
 use pyo3::PyVisit;
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -35,6 +34,10 @@ pub struct FdWatch {
 }
 
 impl FdWatch {
+    fn in_use(&self) -> bool {
+        self.reader.is_some() || self.writer.is_some()
+    }
+
     fn slot(&mut self, side: Side) -> &mut Option<Py<Handle>> {
         match side {
             Side::Read => &mut self.reader,
@@ -50,9 +53,20 @@ impl FdWatch {
     }
 }
 
+/// The table, indexed by fd as libuv's watcher array is. The kernel hands out the lowest free fd
+/// number, so the table stays about as long as the process's highest fd, and the lookup made
+/// for every I/O event is an index instead of a hash (a `HashMap` with the standard `SipHash` cost
+/// about 100 instructions per event; callgrind of the Protocol echo server, docs/perf-log.md).
 #[derive(Default)]
 pub struct FdWatches {
-    map: HashMap<RawFd, FdWatch>,
+    /// A slot is in use when it has a reader or a writer.
+    slots: Vec<FdWatch>,
+    /// The number of slots in use.
+    in_use: usize,
+}
+
+fn index(fd: RawFd) -> Option<usize> {
+    usize::try_from(fd).ok()
 }
 
 impl FdWatches {
@@ -65,8 +79,12 @@ impl FdWatches {
         side: Side,
         handle: Py<Handle>,
     ) -> io::Result<Option<Py<Handle>>> {
-        let known = self.map.contains_key(&fd);
-        let watch = self.map.entry(fd).or_default();
+        let i = index(fd).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, FdWatch::default);
+        }
+        let watch = &mut self.slots[i];
+        let known = watch.in_use();
         let previous = watch.slot(side).replace(handle);
         // A new reader replaces a parked one for good.
         let was_parked = watch.reader_parked;
@@ -74,11 +92,11 @@ impl FdWatches {
         if let Err(err) = poller.watch(fd, watch.interest(), known) {
             watch.reader_parked = was_parked;
             let added = std::mem::replace(watch.slot(side), previous);
-            if watch.interest().is_empty() {
-                self.map.remove(&fd);
-            }
             drop(added);
             return Err(err);
+        }
+        if !known {
+            self.in_use += 1;
         }
         Ok(previous)
     }
@@ -86,12 +104,12 @@ impl FdWatches {
     /// Removes the handle on `side` of `fd`, returning it (for the caller to cancel) and whether
     /// it was a parked reader.
     pub fn clear(&mut self, poller: &Poller, fd: RawFd, side: Side) -> Option<(Py<Handle>, bool)> {
-        let watch = self.map.get_mut(&fd)?;
+        let watch = self.slots.get_mut(index(fd)?)?;
         let removed = watch.slot(side).take()?;
         let parked = side == Side::Read && std::mem::take(&mut watch.reader_parked);
         let interest = watch.interest();
         if interest.is_empty() {
-            self.map.remove(&fd);
+            self.in_use -= 1;
             poller.unwatch(fd);
         } else {
             // The fd may have been closed behind our back; the remaining side then fails later
@@ -103,7 +121,7 @@ impl FdWatches {
 
     /// Parks the reader of `fd` if it is `handle` (the caller's own).
     pub fn park_reader(&mut self, fd: RawFd, handle: &Py<Handle>) {
-        if let Some(watch) = self.map.get_mut(&fd) {
+        if let Some(watch) = index(fd).and_then(|i| self.slots.get_mut(i)) {
             if watch.reader.as_ref().is_some_and(|r| r.is(handle)) {
                 watch.reader_parked = true;
             }
@@ -113,7 +131,7 @@ impl FdWatches {
     /// Takes the parked reader of `fd` back into use if it is `handle`; false if it is not there
     /// (replaced, removed or never parked), in which case the caller must install a new one.
     pub fn resume_reader(&mut self, fd: RawFd, handle: &Py<Handle>) -> bool {
-        match self.map.get_mut(&fd) {
+        match index(fd).and_then(|i| self.slots.get_mut(i)) {
             Some(watch) if watch.reader_parked && watch.reader.as_ref().is_some_and(|r| r.is(handle)) => {
                 watch.reader_parked = false;
                 true
@@ -124,34 +142,40 @@ impl FdWatches {
 
     /// The reader of `fd`, parked or not.
     pub fn reader(&self, fd: RawFd) -> Option<&Py<Handle>> {
-        self.map.get(&fd)?.reader.as_ref()
+        self.get(fd)?.reader.as_ref()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.in_use == 0
     }
 
     pub fn get(&self, fd: RawFd) -> Option<&FdWatch> {
-        self.map.get(&fd)
+        self.slots.get(index(fd)?).filter(|watch| watch.in_use())
+    }
+
+    fn watched(&self) -> impl Iterator<Item = (RawFd, &FdWatch)> {
+        // Slot indexes came from non-negative `RawFd`s, so they convert back.
+        (0..).zip(&self.slots).filter(|(_, watch)| watch.in_use())
     }
 
     /// Registers every watched fd in `poller` (a fresh one, after `fork()`), skipping fds that
     /// can no longer be registered (closed behind the loop's back).
     pub fn register_all(&self, poller: &Poller) {
-        for (&fd, watch) in &self.map {
+        for (fd, watch) in self.watched() {
             let _ = poller.watch(fd, watch.interest(), false);
         }
     }
 
     pub fn drain(&mut self) -> Vec<Py<Handle>> {
-        self.map
-            .drain()
-            .flat_map(|(_, w)| w.reader.into_iter().chain(w.writer))
+        self.in_use = 0;
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .flat_map(|w| w.reader.into_iter().chain(w.writer))
             .collect()
     }
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        for watch in self.map.values() {
+        for (_, watch) in self.watched() {
             visit.call(&watch.reader)?;
             visit.call(&watch.writer)?;
         }
