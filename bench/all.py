@@ -199,7 +199,9 @@ def main() -> int:
     lines = [
         f"# Benchmark report: {title}",
         "",
-        "Reproduce: `python bench/all.py" + (" --quick" if quick else "") + "` (after `make build`).",
+        "Reproduce: `python bench/all.py"
+        + (" --quick" if quick else "")
+        + "` (after `make build-pgo`, the profile-guided build the benchmarks measure).",
         "",
         "## Summary",
         "",
