@@ -148,6 +148,7 @@ def test_concurrent_futures_exceptions_become_asyncio_ones(loop, pool, raised, e
     got = run(loop, main())
     assert type(got) is expected
     assert got.args == raised.args
+    assert got is not raised  # a new exception, even where the two classes are one (TimeoutError)
 
 
 def test_result_of_a_future_cancelled_while_running_is_dropped(loop, pool):

@@ -623,6 +623,23 @@ def test_add_after_loop_close_raises_runtime_error(loop, sock_pair, method):
         getattr(loop, method)(a, lambda: None)
 
 
+@pytest.mark.parametrize("method", ["add_reader", "add_writer"])
+def test_watching_a_huge_unopened_fd_raises_ebadf(loop, channel, method):
+    """The largest fd number an int can name is not open: the poller refuses it (and the loop
+    does not size anything by it), and the loop keeps working."""
+    with pytest.raises(OSError) as excinfo:
+        getattr(loop, method)(2**31 - 1, lambda: None)
+    assert excinfo.value.errno == errno.EBADF
+    assert loop.remove_reader(2**31 - 1) is False
+    done = loop.create_future()
+    loop.add_reader(channel.rfd, lambda: done.done() or done.set_result(channel.recv()))
+    channel.send(b"still works")
+    try:
+        assert run(loop, done) == b"still works"
+    finally:
+        loop.remove_reader(channel.rfd)
+
+
 def test_fd_can_be_rewatched_after_remove(loop, channel):
     for round_ in range(3):
         done = loop.create_future()

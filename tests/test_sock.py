@@ -407,6 +407,19 @@ def test_watching_a_closing_transports_fd_is_allowed(loop, socks):
         run(loop, asyncio.sleep(0))
 
 
+def test_sock_recv_of_an_impossible_size_raises_memory_error_or_returns_the_data(loop, socks):
+    """Never an abort: asyncio's socket.recv(n) allocates n bytes first (a MemoryError where the
+    system refuses; where it overcommits, the data)."""
+    a, b = socks.pair()
+    b.send(b"x")
+    try:
+        got = run(loop, loop.sock_recv(a, 2**40))
+    except MemoryError:
+        pass
+    else:
+        assert got == b"x"
+
+
 def test_watching_an_invalid_file_object_raises_value_error(loop):
     with pytest.raises(ValueError, match="Invalid file object"):
         loop.add_reader(object(), lambda: None)

@@ -96,11 +96,19 @@ def find_profdata(scratch: Path) -> Path:
     raise PgoError(f"no llvm-profdata for LLVM {major}: set LLVM_PROFDATA or run `rustup component add llvm-tools`")
 
 
-def build_wheel(out: Path, target: Path, rustflags: str) -> Path:
+def build_wheel(out: Path, target: Path, rustflags: list[str]) -> Path:
+    """Builds the wheel for this interpreter into `out` (a scratch directory, emptied first)."""
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, CARGO_TARGET_DIR=str(target))
-    env["RUSTFLAGS"] = " ".join(filter(None, [os.environ.get("RUSTFLAGS", ""), rustflags]))
-    run([sys.executable, "-m", "maturin", "build", "--release", "-o", str(out)], env=env)
+    # Cargo's encoded form (flags separated by 0x1f) survives paths with spaces. It takes
+    # precedence over RUSTFLAGS, so the user's flags from either are carried over.
+    if encoded := env.pop("CARGO_ENCODED_RUSTFLAGS", ""):
+        user_flags = encoded.split("\x1f")
+    else:
+        user_flags = env.get("RUSTFLAGS", "").split()
+    env.pop("RUSTFLAGS", None)
+    env["CARGO_ENCODED_RUSTFLAGS"] = "\x1f".join([*user_flags, *rustflags])
+    run([sys.executable, "-m", "maturin", "build", "--release", "-i", sys.executable, "-o", str(out)], env=env)
     wheels = sorted(out.glob("ferroloop-*.whl"))
     if len(wheels) != 1:
         raise PgoError(f"expected one wheel in {out}, found {len(wheels)}")
@@ -112,6 +120,7 @@ def train(wheel: Path, site: Path, profiles: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    env.pop("LLVM_PROFILE_FILE", None)  # would send the profiles elsewhere
     # The instrumented package must be the one the tests import, or the profile is empty.
     where = subprocess.run(
         [sys.executable, "-c", "import ferroloop; print(ferroloop.__file__)"],
@@ -132,29 +141,36 @@ def train(wheel: Path, site: Path, profiles: Path) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="dist", help="directory for the final wheel (default: %(default)s)")
+    parser.add_argument("--out", default="dist", help="directory the final wheel is copied into (default: %(default)s)")
     parser.add_argument("--install", action="store_true", help="pip install the final wheel")
     args = parser.parse_args(argv)
 
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")).resolve()
     scratch = target / "pgo"
     profiles = scratch / "profiles"
     try:
         profdata = find_profdata(scratch)
         print(f"llvm-profdata: {profdata}", flush=True)
-        shutil.rmtree(profiles, ignore_errors=True)
         instrumented = build_wheel(
             scratch / "wheel-generate",
             scratch / "target-generate",
-            f"-Cprofile-generate={profiles} -Cllvm-args=-enable-name-compression=false",
+            [f"-Cprofile-generate={profiles}", "-Cllvm-args=-enable-name-compression=false"],
         )
+        # The build's own proc-macros and build scripts are instrumented too and have written
+        # profiles while compiling: only the training's may remain.
+        shutil.rmtree(profiles, ignore_errors=True)
         train(instrumented, scratch / "site-generate", profiles)
         merged = scratch / "merged.profdata"
         run([str(profdata), "merge", "-o", str(merged), str(profiles)])
-        final = build_wheel(Path(args.out).resolve(), scratch / "target-use", f"-Cprofile-use={merged}")
-    except PgoError as exc:
+        built = build_wheel(scratch / "wheel-use", scratch / "target-use", [f"-Cprofile-use={merged}"])
+    except (PgoError, OSError, subprocess.CalledProcessError) as exc:
         print(f"pgo: {exc}", file=sys.stderr)
         return 1
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("ferroloop-*.whl"):
+        old.unlink()
+    final = Path(shutil.copy2(built, out))
     if args.install:
         run([sys.executable, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(final)])
     print(f"pgo: built {final.relative_to(ROOT) if final.is_relative_to(ROOT) else final}")

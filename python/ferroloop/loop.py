@@ -89,8 +89,6 @@ class Loop(  # type: ignore[misc]
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
         # fd -> transport owning it, for the check that user watchers do not steal its fd.
         self._transports: weakref.WeakValueDictionary[int, asyncio.BaseTransport] = weakref.WeakValueDictionary()
-        # Its fd -> weak reference dict (`data`, which WeakValueDictionary has always had).
-        self._transport_refs: dict[int, weakref.ReferenceType[asyncio.BaseTransport]] = self._transports.data  # type: ignore[attr-defined]
         # pidfd -> pid of each child process being waited for.
         self._child_pidfds: dict[int, int] = {}
         self.set_debug(_debug_mode_from_environment())
@@ -127,7 +125,9 @@ class Loop(  # type: ignore[misc]
                 fileno = int(fileno.fileno())
             except (AttributeError, TypeError, ValueError):
                 raise ValueError(f"Invalid file object: {fd!r}") from None
-        ref = self._transport_refs.get(fileno)
+        # The fd -> weak reference dict every WeakValueDictionary keeps as `data`.
+        refs: dict[int, weakref.ReferenceType[asyncio.BaseTransport]] = self._transports.data  # type: ignore[attr-defined]
+        ref = refs.get(fileno)
         transport = ref() if ref is not None else None
         if transport is not None and not transport.is_closing():
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
@@ -720,8 +720,10 @@ def _wrap_executor_future(loop: Loop, source: concurrent.futures.Future[_T]) -> 
 
 
 def _copy_executor_state(source: concurrent.futures.Future[_T], destination: asyncio.Future[_T]) -> None:
+    # asyncio's _copy_future_state(), assertion included.
     if destination.cancelled():
         return
+    assert not destination.done()
     if source.cancelled():
         destination.cancel()
         return
@@ -732,16 +734,24 @@ def _copy_executor_state(source: concurrent.futures.Future[_T], destination: asy
         destination.set_exception(_convert_future_exc(exc))
 
 
-def _convert_future_exc(exc: BaseException) -> BaseException:
-    """concurrent.futures' own exception types become asyncio's, as `wrap_future()` does."""
+def _convert_own_future_exc(exc: BaseException) -> BaseException:
+    """concurrent.futures' exception types become asyncio's, as a new exception (asyncio's
+    conversion as of 3.11, for an interpreter without its private helper)."""
     kind = type(exc)
     if kind is concurrent.futures.CancelledError:
         return asyncio.CancelledError(*exc.args)
+    if kind is concurrent.futures.TimeoutError:
+        return asyncio.TimeoutError(*exc.args)
     if kind is concurrent.futures.InvalidStateError:
         return asyncio.InvalidStateError(*exc.args)
-    if kind is concurrent.futures.TimeoutError and kind is not asyncio.TimeoutError:
-        return asyncio.TimeoutError(*exc.args)  # before 3.11 the two were different classes
     return exc
+
+
+# The running interpreter's own conversion, whose details vary by version (3.13 keeps the
+# traceback on the new exception).
+_convert_future_exc: Callable[[BaseException], BaseException] = getattr(
+    futures, "_convert_future_exc", _convert_own_future_exc
+)
 
 
 def _retry_sock_op(fut: asyncio.Future[Any], sock: socket.socket, method: str, args: tuple[Any, ...]) -> None:

@@ -81,7 +81,18 @@ impl FdWatches {
     ) -> io::Result<Option<Py<Handle>>> {
         let i = index(fd).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
         if i >= self.slots.len() {
+            // Register before growing: only an fd the poller accepts (an open one, so below the
+            // process's fd limit) may size the table. `add_reader(2**31 - 1, ...)` must fail with
+            // EBADF, not allocate 50 GB.
+            let interest = Interest {
+                read: side == Side::Read,
+                write: side == Side::Write,
+            };
+            poller.watch(fd, interest, false)?;
             self.slots.resize_with(i + 1, FdWatch::default);
+            *self.slots[i].slot(side) = Some(handle);
+            self.in_use += 1;
+            return Ok(None);
         }
         let watch = &mut self.slots[i];
         let known = watch.in_use();

@@ -16,11 +16,12 @@ use super::{is_retry, with_read_buffer, MAX_READ};
 use crate::errors::os_error;
 use crate::event_loop::{LoopBase, Side};
 use crate::handles::{Handle, NativeCall};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyWeakrefReference};
 use pyo3::{intern, PyTraverseError, PyVisit};
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
 /// One `recv()` of at most `n` bytes: `Ok(None)` when the socket has nothing yet.
@@ -28,8 +29,15 @@ fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, Py
     let outcome = if n <= MAX_READ {
         with_read_buffer(|buf| recv_into(fd, &mut buf[..n]).map(|got| PyBytes::new(py, &buf[..got])))
     } else {
-        let mut buf = vec![0u8; n];
-        recv_into(fd, &mut buf).map(|got| PyBytes::new(py, &buf[..got]))
+        // As `socket.recv(n)`: an allocation that fails is a MemoryError, and the buffer is not
+        // zeroed first (only what arrives is ever touched).
+        let mut buf: Vec<u8> = Vec::new();
+        buf.try_reserve_exact(n).map_err(|_| PyMemoryError::new_err(()))?;
+        recv_uninit(fd, &mut buf.spare_capacity_mut()[..n]).map(|got| {
+            // SAFETY: `recv` initialised the first `got` bytes of the spare capacity.
+            unsafe { buf.set_len(got) };
+            PyBytes::new(py, &buf)
+        })
     };
     match outcome {
         Ok(data) => Ok(Some(data)),
@@ -39,6 +47,13 @@ fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, Py
 }
 
 fn recv_into(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: an initialised slice is also a valid uninitialised one of the same length; `recv`
+    // only writes to it.
+    recv_uninit(fd, unsafe { &mut *(std::ptr::from_mut(buf) as *mut [MaybeUninit<u8>]) })
+}
+
+/// One `recv()` into `buf`; on success the first `n` bytes of `buf` are initialised.
+fn recv_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of its length.
     let got = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
     if got < 0 {
