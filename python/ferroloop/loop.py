@@ -699,7 +699,8 @@ def _wrap_executor_future(loop: Loop, source: concurrent.futures.Future[_T]) -> 
     """`asyncio.wrap_future(source, loop=loop)`, with asyncio's steps for a concurrent future chained
     to a future of the loop, minus its type probes. `asyncio.isfuture()` on a concurrent future
     calls `hasattr()` on its class, which fails: three `AttributeError`s raised and formatted per
-    call, about 5% of `run_in_executor()`'s instructions (bench/instructions.py)."""
+    call. Without them `run_in_executor()` runs a fifth fewer instructions (bench/instructions.py,
+    docs/perf-log.md)."""
     if type(source) is not concurrent.futures.Future:
         return futures.wrap_future(source, loop=loop)
     destination: asyncio.Future[_T] = loop.create_future()
