@@ -151,6 +151,29 @@ def test_concurrent_futures_exceptions_become_asyncio_ones(loop, pool, raised, e
     assert got is not raised  # a new exception, even where the two classes are one (TimeoutError)
 
 
+@pytest.mark.skipif(not hasattr(asyncio.futures, "_convert_future_exc"), reason="no stdlib helper to compare with")
+@pytest.mark.parametrize(
+    "exc",
+    [
+        concurrent.futures.CancelledError("a"),
+        concurrent.futures.InvalidStateError("b"),
+        concurrent.futures.TimeoutError("c"),
+        ValueError("d"),
+    ],
+    ids=["CancelledError", "InvalidStateError", "TimeoutError", "other"],
+)
+def test_ferroloops_fallback_exception_conversion_matches_the_stdlib(exc):
+    """ferroloop uses asyncio's private conversion helper when the interpreter has one, and its own
+    otherwise: the two must agree on type, arguments and identity."""
+    from ferroloop import loop as ferroloop_loop
+
+    ours = ferroloop_loop._convert_own_future_exc(exc)
+    theirs = asyncio.futures._convert_future_exc(exc)
+    assert type(ours) is type(theirs)
+    assert ours.args == theirs.args
+    assert (ours is exc) == (theirs is exc)
+
+
 def test_result_of_a_future_cancelled_while_running_is_dropped(loop, pool):
     started, release = threading.Event(), threading.Event()
 

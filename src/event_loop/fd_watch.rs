@@ -70,6 +70,11 @@ fn index(fd: RawFd) -> Option<usize> {
 }
 
 impl FdWatches {
+    /// The slot of `fd`, in use or not, if the table reaches that far.
+    fn slot_mut(&mut self, fd: RawFd) -> Option<&mut FdWatch> {
+        self.slots.get_mut(index(fd)?)
+    }
+
     /// Installs `handle` on `side` of `fd` and returns the handle it replaces (to be cancelled by
     /// the caller, outside any borrow). On a poller error nothing changes.
     pub fn set(
@@ -115,7 +120,7 @@ impl FdWatches {
     /// Removes the handle on `side` of `fd`, returning it (for the caller to cancel) and whether
     /// it was a parked reader.
     pub fn clear(&mut self, poller: &Poller, fd: RawFd, side: Side) -> Option<(Py<Handle>, bool)> {
-        let watch = self.slots.get_mut(index(fd)?)?;
+        let watch = self.slot_mut(fd)?;
         let removed = watch.slot(side).take()?;
         let parked = side == Side::Read && std::mem::take(&mut watch.reader_parked);
         let interest = watch.interest();
@@ -132,7 +137,7 @@ impl FdWatches {
 
     /// Parks the reader of `fd` if it is `handle` (the caller's own).
     pub fn park_reader(&mut self, fd: RawFd, handle: &Py<Handle>) {
-        if let Some(watch) = index(fd).and_then(|i| self.slots.get_mut(i)) {
+        if let Some(watch) = self.slot_mut(fd) {
             if watch.reader.as_ref().is_some_and(|r| r.is(handle)) {
                 watch.reader_parked = true;
             }
@@ -142,7 +147,7 @@ impl FdWatches {
     /// Takes the parked reader of `fd` back into use if it is `handle`; false if it is not there
     /// (replaced, removed or never parked), in which case the caller must install a new one.
     pub fn resume_reader(&mut self, fd: RawFd, handle: &Py<Handle>) -> bool {
-        match index(fd).and_then(|i| self.slots.get_mut(i)) {
+        match self.slot_mut(fd) {
             Some(watch) if watch.reader_parked && watch.reader.as_ref().is_some_and(|r| r.is(handle)) => {
                 watch.reader_parked = false;
                 true
