@@ -29,6 +29,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::socket::SocketCore>()?;
     m.add_class::<transport::pipe::PipeCore>()?;
     m.add_class::<transport::sock_wait::RecvWaiter>()?;
+    m.add_class::<transport::sock_call::SockCall>()?;
+    transport::sock_call::install(m.py());
     m.add_function(wrap_pyfunction!(transport::sock_wait::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(
         transport::fast_methods::_install_socket_transport_methods,

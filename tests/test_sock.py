@@ -568,6 +568,155 @@ def test_sock_sendall_to_closed_peer_raises(loop, socks):
         run(loop, loop.sock_sendall(a, b"nobody listens"))
 
 
+def test_sock_sendall_calls_a_patched_send(loop, socks, monkeypatch):
+    calls = []
+    original = socket.socket.send
+
+    def spy(self, data, *args):
+        calls.append(bytes(data))
+        return original(self, data, *args)
+
+    monkeypatch.setattr(socket.socket, "send", spy)
+    a, b = socks.pair()
+    run(loop, loop.sock_sendall(a, b"watched"))
+    assert calls == [b"watched"]
+    assert b.recv(100) == b"watched"
+
+
+# --------------------------------------------------------------------------
+# sock_recv / sock_sendall behave as the coroutines asyncio defines
+# --------------------------------------------------------------------------
+
+
+def test_sock_recv_and_sendall_calls_are_coroutines_for_create_task(loop, socks):
+    a, b = socks.pair()
+
+    async def main():
+        send = loop.sock_sendall(b, b"via tasks")
+        recv = loop.sock_recv(a, 100)
+        assert asyncio.iscoroutine(send) and asyncio.iscoroutine(recv)
+        receiving = loop.create_task(recv)
+        await loop.create_task(send)
+        return await receiving
+
+    assert run(loop, main()) == b"via tasks"
+
+
+def test_sock_recv_that_is_never_awaited_reads_nothing(loop, socks):
+    a, b = socks.pair()
+    b.send(b"still there")
+    unawaited = loop.sock_recv(a, 100)
+    unawaited.close()
+    assert run(loop, loop.sock_recv(a, 100)) == b"still there"
+
+
+def test_sock_sendall_that_is_never_awaited_sends_nothing(loop, socks):
+    a, b = socks.pair()
+    unawaited = loop.sock_sendall(a, b"never sent")
+    unawaited.close()
+    with pytest.raises(BlockingIOError):
+        b.recv(100)
+
+
+def test_sock_recv_driven_by_hand_returns_through_stop_iteration(loop, socks):
+    a, b = socks.pair()
+    b.send(b"by hand")
+    call = loop.sock_recv(a, 100)
+    with pytest.raises(StopIteration) as stop:
+        call.send(None)
+    assert stop.value.value == b"by hand"
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+        call.send(None)
+
+
+def test_sock_recv_refuses_a_first_send_other_than_none(loop, socks):
+    a, _ = socks.pair()
+    call = loop.sock_recv(a, 100)
+    with pytest.raises(TypeError, match="just-started coroutine"):
+        call.send("value")
+    call.close()
+
+
+def test_sock_recv_awaited_twice_raises(loop, socks):
+    a, b = socks.pair()
+    b.send(b"once")
+
+    async def main():
+        call = loop.sock_recv(a, 100)
+        assert await call == b"once"
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await call
+
+    run(loop, main())
+
+
+def test_exception_thrown_into_a_waiting_sock_recv_propagates(loop, socks):
+    a, _ = socks.pair()
+
+    async def main():
+        call = loop.sock_recv(a, 100)
+        waited_for = call.send(None)
+        assert isinstance(waited_for, asyncio.Future) and not waited_for.done()
+        with pytest.raises(ValueError, match="thrown in"):
+            call.throw(ValueError("thrown in"))
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            call.send(None)
+        waited_for.cancel()
+
+    run(loop, main())
+
+
+def test_closing_a_waiting_sock_recv_ends_it(loop, socks):
+    a, b = socks.pair()
+
+    async def main():
+        call = loop.sock_recv(a, 100)
+        waited_for = call.send(None)
+        call.close()
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            call.send(None)
+        waited_for.cancel()
+        await asyncio.sleep(0)
+        b.send(b"for the next receive")
+        return await loop.sock_recv(a, 100)
+
+    assert run(loop, main()) == b"for the next receive"
+
+
+def test_sock_recv_timed_out_by_wait_for_leaves_the_data_for_the_next_receive(loop, socks):
+    a, b = socks.pair()
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop.sock_recv(a, 100), 0.01)
+        b.send(b"after the timeout")
+        return await loop.sock_recv(a, 100)
+
+    assert run(loop, main()) == b"after the timeout"
+
+
+@pytest.mark.parametrize(("size", "error"), [("ten", TypeError), (-1, ValueError), (1.5, TypeError)])
+def test_sock_recv_with_an_invalid_size_raises_as_socket_recv(loop, socks, size, error):
+    a, b = socks.pair()
+    b.send(b"x")
+    with pytest.raises(error):
+        run(loop, loop.sock_recv(a, size))
+
+
+def test_task_repr_names_the_sock_method_it_runs(loop, socks):
+    a, b = socks.pair()
+
+    async def main():
+        task = loop.create_task(loop.sock_recv(a, 100))
+        assert "sock_recv()" in repr(task)
+        await asyncio.sleep(0)
+        assert "sock_recv()" in repr(task)
+        b.send(b"done")
+        return await task
+
+    assert run(loop, main()) == b"done"
+
+
 # --------------------------------------------------------------------------
 # sock_connect / sock_accept (TCP)
 # --------------------------------------------------------------------------

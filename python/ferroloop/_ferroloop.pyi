@@ -3,7 +3,7 @@
 import socket
 from asyncio import Future, Server
 from asyncio.protocols import BaseProtocol
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextvars import Context
 from typing import Any, final
 
@@ -14,6 +14,7 @@ __all__ = [
     "LoopBase",
     "PipeCore",
     "RecvWaiter",
+    "SockCall",
     "SocketCore",
     "TimerHandle",
     "__version__",
@@ -80,6 +81,10 @@ class LoopBase:
     def create_task(self, coro: Any, *, name: object = None, context: Context | None = None) -> Any: ...
     def set_task_factory(self, factory: Callable[..., Any] | None) -> None: ...
     def get_task_factory(self) -> Callable[..., Any] | None: ...
+    def sock_recv(self, sock: socket.socket, n: int) -> Coroutine[Any, Any, bytes]:
+        """Receive up to n bytes from sock (a SockCall for a plain socket, else a coroutine)."""
+    def sock_sendall(self, sock: socket.socket, data: Any) -> Coroutine[Any, Any, None]:
+        """Send all of data to sock (a SockCall for a plain socket and bytes, else a coroutine)."""
     def _add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> Handle: ...
     def _add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> Handle: ...
     def _remove_reader(self, fd: Any) -> bool: ...
@@ -202,6 +207,22 @@ def sock_recv(event_loop: LoopBase, sock: object, n: int) -> bytes | Future[byte
 
 def _install_socket_transport_methods(cls: type) -> None:
     """Replace `write` and `is_closing` on a socket transport class with native descriptors."""
+
+@final
+class SockCall(Coroutine[Any, Any, Any]):
+    """What sock_recv() and sock_sendall() return for a plain socket: acts as their coroutine."""
+
+    def __await__(self) -> Generator[Any, None, Any]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any: ...
+    def close(self) -> None: ...
+    @property
+    def cr_await(self) -> Any: ...
+    @property
+    def cr_running(self) -> bool: ...
+    @property
+    def __qualname__(self) -> str: ...
 
 @final
 class RecvWaiter:

@@ -16,6 +16,7 @@ connections without a task each (`_accept`), and the per-connection entry points
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import concurrent.futures
 import errno
 import functools
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 logger = logging.getLogger("asyncio")
+
+# What sock_recv() and sock_sendall() return for a plain socket acts as their coroutine would;
+# registered so that asyncio.iscoroutine() accepts it, as create_task() requires.
+collections.abc.Coroutine.register(_ferroloop.SockCall)
 
 # asyncio's depth for coroutine origin tracking in debug mode.
 _DEBUG_STACK_DEPTH = 10
@@ -568,8 +573,12 @@ class Loop(  # type: ignore[misc]
         if not handle.cancelled():
             (self._remove_writer if write else self._remove_reader)(fd)
 
-    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
-        """Receive up to n bytes from sock."""
+    # sock_recv() and sock_sendall() are LoopBase's: for a plain socket they return a native
+    # awaitable (see the Rust module transport::sock_call), otherwise these coroutines.
+
+    async def _sock_recv_coro(self, sock: socket.socket, n: int) -> bytes:
+        """sock_recv() for what the native awaitable does not take: debug mode, a socket
+        subclass or a patched recv(), a size that is not a non-negative int."""
         if type(sock) is _SOCKET and _SOCKET.recv is _C_RECV and n >= 0:
             # The native path (it makes debug mode's check itself; a plain socket is never an
             # SSLSocket): same steps, no exception per empty try, no Python callback. Taken only
@@ -580,6 +589,9 @@ class Loop(  # type: ignore[misc]
             return await result
         self._check_sock(sock)
         return cast(bytes, await self._sock_io(sock, False, "recv", n))
+
+    # Tasks running these show the method the program called.
+    _sock_recv_coro.__qualname__ = "Loop.sock_recv"
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         """Receive data from sock into buf; return the number of bytes received."""
@@ -603,25 +615,29 @@ class Loop(  # type: ignore[misc]
         self._check_sock(sock)
         return cast(int, await self._sock_io(sock, True, "sendto", data, address))
 
-    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
-        """Send all of data to sock, waiting for the socket to drain as needed."""
-        if type(sock) is not _SOCKET or self.get_debug():
-            self._check_sock(sock)
+    async def _sock_sendall_coro(self, sock: socket.socket, data: Any) -> None:
+        """sock_sendall() for what the native awaitable does not take: debug mode, a socket
+        subclass or a patched send(), data other than bytes."""
+        self._check_sock(sock)
         try:
             sent = sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
-        if type(data) is bytes and sent == len(data):
-            return
+        if sent != memoryview(data).nbytes:
+            await self._sock_sendall_wait(sock, data, sent)
+
+    _sock_sendall_coro.__qualname__ = "Loop.sock_sendall"
+
+    def _sock_sendall_wait(self, sock: socket.socket, data: Any, sent: int) -> asyncio.Future[None]:
+        """A future for the rest of data after its first sent bytes: a writer sends it as the
+        socket drains."""
         view = memoryview(data).cast("B")
-        if sent == view.nbytes:
-            return
-        fut = self.create_future()
+        fut: asyncio.Future[None] = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         handle = self._add_writer(fd, _send_rest, fut, sock, view, [sent])
         fut.add_done_callback(functools.partial(self._sock_io_done, fd, True, handle))
-        await fut
+        return fut
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         """Connect sock to address, resolving a host name first for IP sockets."""

@@ -311,6 +311,16 @@ impl LoopBase {
         })
     }
 
+    /// Receive up to n bytes from sock (an awaitable; see `transport::sock_call`).
+    fn sock_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::transport::sock_call::sock_recv(slf, sock, n)
+    }
+
+    /// Send all of data to sock, waiting for the socket to drain as needed (an awaitable).
+    fn sock_sendall(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::transport::sock_call::sock_sendall(slf, sock, data)
+    }
+
     /// Return the time according to the event loop's clock (`time.monotonic()`).
     #[allow(clippy::unused_self)] // a method, as asyncio's API has it
     fn time(&self) -> f64 {

@@ -47,7 +47,7 @@ fn vectorcall<'py>(
 }
 
 impl LoopBase {
-    pub(super) fn new_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn new_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let future_type = FUTURE_TYPE.import(py, "asyncio", "Future")?;
         let names = kwnames(py, &LOOP_KWNAMES, &["loop"])?;

@@ -13,6 +13,7 @@
 pub mod fast_methods;
 pub mod link;
 pub mod pipe;
+pub mod sock_call;
 pub mod sock_wait;
 pub mod socket;
 pub mod write_buffer;

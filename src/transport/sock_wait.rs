@@ -16,9 +16,9 @@ use super::{is_retry, with_read_buffer, MAX_READ};
 use crate::errors::os_error;
 use crate::event_loop::{LoopBase, Side};
 use crate::handles::{Handle, NativeCall};
-use pyo3::exceptions::{PyMemoryError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyWeakrefReference};
+use pyo3::types::{PyBytes, PyDict, PyWeakrefReference};
 use pyo3::{intern, PyTraverseError, PyVisit};
 use std::io;
 use std::mem::MaybeUninit;
@@ -65,9 +65,35 @@ fn recv_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
 
 /// `sock_recv(sock, n)`'s work for a plain `socket.socket`: the data if some is there now, else a
 /// future that gets it (or the error). Makes debug mode's check that the socket is non-blocking,
-/// the one check of asyncio's that applies to a plain socket.
+/// the one check of asyncio's that applies to a plain socket. The future may be cancelled by
+/// whoever awaits it: the reader then stops.
 #[pyfunction]
 pub fn sock_recv(event_loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, n: usize) -> PyResult<Py<PyAny>> {
+    Ok(match start_recv(event_loop, sock, n, true)? {
+        Received::Data(data) => data,
+        Received::Wait { future, .. } => future,
+    })
+}
+
+/// What starting a receive gave.
+pub enum Received {
+    Data(Py<PyAny>),
+    /// Nothing yet: `future` gets the data from `waiter`, the socket's reader.
+    Wait {
+        future: Py<PyAny>,
+        waiter: Py<RecvWaiter>,
+    },
+}
+
+/// Starts a receive of at most `n` bytes on a plain socket. When it has to wait and
+/// `watch_future` is false, the caller owns the future's cancellation: it calls
+/// [`RecvWaiter::abandon`] when it gives up, which spares a done callback per wait.
+pub fn start_recv(
+    event_loop: &Bound<'_, PyAny>,
+    sock: &Bound<'_, PyAny>,
+    n: usize,
+    watch_future: bool,
+) -> PyResult<Received> {
     let py = event_loop.py();
     let base = event_loop.cast::<LoopBase>()?;
     if base.borrow().debug_enabled() && !sock.call_method0(intern!(py, "gettimeout"))?.eq(0)? {
@@ -75,10 +101,10 @@ pub fn sock_recv(event_loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, n: usiz
     }
     let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
     if let Some(data) = try_recv(py, fd, n)? {
-        return Ok(data.into_any().unbind());
+        return Ok(Received::Data(data.into_any().unbind()));
     }
     // As asyncio, only a wait needs the fd to itself.
-    event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+    ensure_fd_no_transport(event_loop, fd)?;
     let waiter = if let Some(waiter) = RecvWaiter::parked(base, sock, fd) {
         waiter
     } else {
@@ -97,13 +123,41 @@ pub fn sock_recv(event_loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, n: usiz
         waiter.borrow_mut().handle = Some(handle);
         waiter
     };
-    let future = event_loop.call_method0(intern!(py, "create_future"))?;
+    let future = LoopBase::new_future(base)?;
     waiter.borrow_mut().pending = Some((future.clone().unbind(), n));
-    future.call_method1(
-        intern!(py, "add_done_callback"),
-        (waiter.getattr(intern!(py, "_done"))?,),
-    )?;
-    Ok(future.unbind())
+    if watch_future {
+        future.call_method1(
+            intern!(py, "add_done_callback"),
+            (waiter.getattr(intern!(py, "_done"))?,),
+        )?;
+    }
+    Ok(Received::Wait {
+        future: future.unbind(),
+        waiter: waiter.unbind(),
+    })
+}
+
+/// The loop's `_ensure_fd_no_transport(fd)` for an int fd (`ferroloop.loop`), without its
+/// Python frame, which cost more than the rest of starting a wait (callgrind): `RuntimeError`
+/// if a transport that is not closing uses the fd. Reads the weak dictionary of transports
+/// through its `data` dict of weak references, as the Python version does.
+fn ensure_fd_no_transport(event_loop: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+    let py = event_loop.py();
+    let refs = event_loop
+        .getattr(intern!(py, "_transports"))?
+        .getattr(intern!(py, "data"))?
+        .cast_into::<PyDict>()?;
+    let Some(weak) = refs.get_item(fd)? else {
+        return Ok(());
+    };
+    let transport = weak.call0()?;
+    if transport.is_none() || transport.call_method0(intern!(py, "is_closing"))?.is_truthy()? {
+        return Ok(());
+    }
+    Err(PyRuntimeError::new_err(format!(
+        "File descriptor {fd} is used by transport {}",
+        transport.repr()?
+    )))
 }
 
 static RECV_READY: NativeCall = NativeCall {
@@ -168,6 +222,16 @@ impl RecvWaiter {
         Ok(())
     }
 
+    /// The receive waiting on `future` is given up (or `future` is done another way): unless a
+    /// later receive took over, stop watching.
+    pub fn abandon(slf: &Bound<'_, Self>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        let pending = slf.borrow().pending.as_ref().is_some_and(|(f, _)| f.is(future));
+        if pending {
+            Self::finish(slf)?;
+        }
+        Ok(())
+    }
+
     /// The receive is over: keep the reader, idle, for the socket's next `sock_recv()`.
     fn park(slf: &Bound<'_, Self>) {
         let py = slf.py();
@@ -214,11 +278,7 @@ impl RecvWaiter {
     /// A future of ours is done. If it is still the pending one, it was cancelled (or completed
     /// by someone else): stop watching.
     fn _done(slf: &Bound<'_, Self>, future: &Bound<'_, PyAny>) -> PyResult<()> {
-        let pending = slf.borrow().pending.as_ref().is_some_and(|(f, _)| f.is(future));
-        if pending {
-            Self::finish(slf)?;
-        }
-        Ok(())
+        Self::abandon(slf, future)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
