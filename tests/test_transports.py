@@ -8,6 +8,7 @@ fds and unclosed-transport warnings.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -598,6 +599,87 @@ def test_streams_round_trip_over_native_transports(loop):
         await writer.wait_closed()
         server.close()
         await server.wait_closed()
+
+    run(loop, main())
+
+
+async def _stream_pair(loop, protocol):
+    """A server that writes what it is sent, and a client transport carrying `protocol`."""
+    server_side = loop.create_future()
+
+    async def handle(reader, writer):
+        server_side.set_result(writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(lambda: protocol, "127.0.0.1", port)
+    return server, await server_side, transport
+
+
+async def _close_stream_pair(server, writer, transport):
+    transport.close()
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
+def test_stream_reader_protocol_subclass_gets_its_data_received_called(loop):
+    seen = []
+
+    class Counting(asyncio.StreamReaderProtocol):
+        def data_received(self, data):
+            seen.append(data)
+            super().data_received(data)
+
+    async def main():
+        reader = asyncio.StreamReader()
+        server, writer, transport = await _stream_pair(loop, Counting(reader))
+        writer.write(b"counted")
+        assert await reader.readexactly(7) == b"counted"
+        await _close_stream_pair(server, writer, transport)
+
+    run(loop, main())
+    assert b"".join(seen) == b"counted"
+
+
+def test_patched_stream_reader_protocol_data_received_is_called(loop, monkeypatch):
+    seen = []
+    original = asyncio.StreamReaderProtocol.data_received
+
+    def spy(self, data):
+        seen.append(data)
+        original(self, data)
+
+    monkeypatch.setattr(asyncio.StreamReaderProtocol, "data_received", spy)
+
+    async def main():
+        reader = asyncio.StreamReader()
+        server, writer, transport = await _stream_pair(loop, asyncio.StreamReaderProtocol(reader))
+        writer.write(b"spied")
+        assert await reader.readexactly(5) == b"spied"
+        await _close_stream_pair(server, writer, transport)
+
+    run(loop, main())
+    assert b"".join(seen) == b"spied"
+
+
+def test_stream_data_for_a_reader_that_is_gone_is_dropped_quietly(loop):
+    """A StreamReaderProtocol holds its reader weakly: data arriving after the program dropped the
+    reader is discarded, with no error."""
+
+    async def main():
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        server, writer, transport = await _stream_pair(loop, protocol)
+        del reader
+        gc.collect()
+        writer.write(b"nobody reads this")
+        await writer.drain()
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert not transport.is_closing()
+        await _close_stream_pair(server, writer, transport)
 
     run(loop, main())
 

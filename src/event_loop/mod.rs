@@ -53,6 +53,9 @@ pub struct LoopBase {
     /// The running thread (`threading.get_ident()`), 0 when not running.
     thread_id: u64,
     task_factory: Option<Py<PyAny>>,
+    /// `{"loop": self}`, the keyword arguments of every future and plain task made here, built
+    /// once (see `tasks`).
+    loop_kwargs: Option<Py<PyDict>>,
 }
 
 pub(crate) fn closed_error() -> PyErr {
@@ -308,6 +311,7 @@ impl LoopBase {
             slow_callback_duration: 0.1,
             thread_id: 0,
             task_factory: None,
+            loop_kwargs: None,
         })
     }
 
@@ -647,6 +651,7 @@ impl LoopBase {
             }
         }
         visit.call(&self.task_factory)?;
+        visit.call(&self.loop_kwargs)?;
         self.watches.traverse(&visit)
     }
 
@@ -655,6 +660,7 @@ impl LoopBase {
         dropped.extend(self.timers.drain());
         dropped.extend(self.watches.drain());
         self.task_factory = None;
+        self.loop_kwargs = None;
         let_go_all(py, dropped);
     }
 }

@@ -16,6 +16,7 @@ pub mod pipe;
 pub mod sock_call;
 pub mod sock_wait;
 pub mod socket;
+mod stream_feed;
 pub mod write_buffer;
 
 use crate::event_loop::LoopBase;

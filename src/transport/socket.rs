@@ -17,6 +17,7 @@
 mod datagram;
 
 use super::link::{self, Core, Link};
+use super::stream_feed;
 use super::write_buffer::{WriteBuffer, MAX_IOVECS};
 use super::{
     is_fatal, is_os_error, is_retry, logger, send_or_queue, with_read_buffer, SharedBytes, WriteOutcome,
@@ -558,7 +559,7 @@ impl SocketCore {
         }
         match recv_bytes(py, fd) {
             Received::Data(data) => {
-                if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                if let Err(err) = stream_feed::data_received(&protocol, data) {
                     return Self::fail(slf, err, "Fatal error: protocol.data_received() call failed.");
                 }
                 Ok(())
