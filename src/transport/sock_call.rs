@@ -183,12 +183,9 @@ impl SockCall {
         Ok(Py::new(event_loop.py(), call)?.into_any())
     }
 
-    /// Starts the operation: its result, or the future to wait for.
-    fn start(&self, py: Python<'_>, op: Op) -> PyResult<Step> {
-        let event_loop = self.event_loop.bind(py);
-        let Some(sock) = self.sock.as_ref().map(|s| s.bind(py)) else {
-            return Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine"));
-        };
+    /// Starts the operation: its result, or the future to wait for. Runs with no borrow of the
+    /// awaitable held, since it calls Python code (`fileno()`, the loop's methods).
+    fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, op: Op) -> PyResult<Step> {
         match op {
             // The reader is told when the wait is given up (`abandon`), so the future needs no
             // done callback.
@@ -226,8 +223,22 @@ impl SockCall {
                         "can't send non-None value to a just-started coroutine",
                     ));
                 }
-                let step = slf.borrow().start(py, op)?;
+                let (event_loop, sock) = {
+                    let s = slf.borrow();
+                    let Some(sock) = s.sock.as_ref() else {
+                        return Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine"));
+                    };
+                    (s.event_loop.clone_ref(py), sock.clone_ref(py))
+                };
+                let started = Self::start(py, event_loop.bind(py), sock.bind(py), op);
                 let mut s = slf.borrow_mut();
+                let step = match started {
+                    Ok(step) => step,
+                    Err(err) => {
+                        s.sock = None;
+                        return Err(err);
+                    }
+                };
                 match &step {
                     Step::Yield { future, waiter } => {
                         // As `Future.__await__` does before yielding itself: the task checks it.
