@@ -666,6 +666,21 @@ def test_exception_thrown_into_a_waiting_sock_recv_propagates(loop, socks):
     run(loop, main())
 
 
+def test_throwing_a_non_exception_into_a_waiting_sock_recv_ends_it_with_type_error(loop, socks):
+    a, _ = socks.pair()
+
+    async def main():
+        call = loop.sock_recv(a, 100)
+        waited_for = call.send(None)
+        with pytest.raises(TypeError, match="exceptions must be classes"):
+            call.throw(42)
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            call.send(None)
+        waited_for.cancel()
+
+    run(loop, main())
+
+
 def test_closing_a_waiting_sock_recv_ends_it(loop, socks):
     a, b = socks.pair()
 

@@ -94,19 +94,27 @@ fn socket_type(py: Python<'_>) -> PyResult<&SocketType> {
     })
 }
 
-/// Whether `sock` is a plain `socket.socket` whose method `name` is still `original`: code that
+/// Which method of a socket the native path replaces.
+#[derive(Clone, Copy)]
+enum Method {
+    Recv,
+    Send,
+}
+
+/// Whether `sock` is a plain `socket.socket` whose `method` is still the C one: code that
 /// patches or wraps it must see its own method called, so it gets the Python path.
-fn plain_socket(
-    sock: &Bound<'_, PyAny>,
-    name: &Bound<'_, pyo3::types::PyString>,
-    original: &Py<PyAny>,
-) -> PyResult<bool> {
+fn plain_socket(sock: &Bound<'_, PyAny>, method: Method) -> PyResult<bool> {
     let py = sock.py();
     let socket = socket_type(py)?;
-    if !sock.get_type().is(socket.cls.bind(py)) {
+    let cls = socket.cls.bind(py);
+    if !sock.get_type().is(cls) {
         return Ok(false);
     }
-    Ok(socket.cls.bind(py).getattr(name)?.is(original))
+    let (name, original) = match method {
+        Method::Recv => (intern!(py, "recv"), &socket.recv),
+        Method::Send => (intern!(py, "send"), &socket.send),
+    };
+    Ok(cls.getattr(name)?.is(original))
 }
 
 /// `loop.sock_recv(sock, n)`.
@@ -116,7 +124,7 @@ pub fn sock_recv(
     n: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let py = event_loop.py();
-    if !event_loop.borrow().debug_enabled() && plain_socket(sock, intern!(py, "recv"), &socket_type(py)?.recv)? {
+    if !event_loop.borrow().debug_enabled() && plain_socket(sock, Method::Recv)? {
         // A size that is not an int, or negative, gets the Python path and its exception.
         if let Ok(n) = n.extract::<usize>() {
             return SockCall::create(event_loop, sock, Op::Recv(n), "Loop.sock_recv");
@@ -135,7 +143,7 @@ pub fn sock_sendall(
 ) -> PyResult<Py<PyAny>> {
     let py = event_loop.py();
     if let Ok(bytes) = data.cast_exact::<PyBytes>() {
-        if !event_loop.borrow().debug_enabled() && plain_socket(sock, intern!(py, "send"), &socket_type(py)?.send)? {
+        if !event_loop.borrow().debug_enabled() && plain_socket(sock, Method::Send)? {
             return SockCall::create(
                 event_loop,
                 sock,
@@ -322,6 +330,8 @@ impl SockCall {
         tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
+        // Abandoned first: as when asyncio's coroutine delegates a throw to the future it awaits,
+        // even invalid arguments end it (with the TypeError).
         Self::abandon(slf)?;
         let val = val.filter(|v| !v.is_none());
         let exc = if typ.is_instance_of::<PyBaseException>() {
