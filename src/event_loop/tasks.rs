@@ -19,14 +19,9 @@ use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-/// Keyword-name tuples for `Task(coro, loop=..., [name=...], [context=...])`, indexed by
-/// `has_name | has_context << 1`.
-static TASK_KWNAMES: [PyOnceLock<Py<PyTuple>>; 4] = [
-    PyOnceLock::new(),
-    PyOnceLock::new(),
-    PyOnceLock::new(),
-    PyOnceLock::new(),
-];
+/// Keyword-name tuples for `Task(coro, loop=..., [name=...], [context=...])` with at least one
+/// of the optional two, indexed by `(has_name | has_context << 1) - 1`.
+static TASK_KWNAMES: [PyOnceLock<Py<PyTuple>>; 3] = [PyOnceLock::new(), PyOnceLock::new(), PyOnceLock::new()];
 
 fn kwnames<'a>(py: Python<'_>, cell: &'a PyOnceLock<Py<PyTuple>>, names: &[&str]) -> PyResult<&'a Py<PyTuple>> {
     cell.get_or_try_init(py, || {
@@ -104,6 +99,9 @@ impl LoopBase {
         let task_type = TASK_TYPE.import(py, "asyncio", "Task")?;
         let name = name.filter(|n| !n.is_none());
         let context = context.filter(|c| !c.is_none());
+        if name.is_none() && context.is_none() {
+            return construct(task_type, &PyTuple::new(py, [coro])?, &Self::loop_kwargs(slf)?);
+        }
         // Fixed arrays, not vectors: this runs once per task.
         let mut args = [coro.as_ptr(), slf.as_ptr(), std::ptr::null_mut(), std::ptr::null_mut()];
         let mut names = ["loop", "", ""];
@@ -115,10 +113,7 @@ impl LoopBase {
                 count += 1;
             }
         }
-        if name.is_none() && context.is_none() {
-            return construct(task_type, &PyTuple::new(py, [coro])?, &Self::loop_kwargs(slf)?);
-        }
-        let index = usize::from(name.is_some()) | usize::from(context.is_some()) << 1;
+        let index = (usize::from(name.is_some()) | usize::from(context.is_some()) << 1) - 1;
         let names = kwnames(py, &TASK_KWNAMES[index], &names[..count - 1])?;
         // In debug mode the task's creation traceback already ends at the caller: this method has
         // no Python frame of its own to drop (asyncio's drops its create_task frame).
