@@ -74,7 +74,8 @@ class Sample:
     k: int
     ok: bool
     per_second: float = 0.0  # round trips (echo) or requests (http) per second
-    cpu_seconds: float = 0.0  # server CPU over the measured window
+    cpu_seconds: float = 0.0  # server CPU over the measured window, user + kernel
+    user_seconds: float = 0.0  # the user-space part of cpu_seconds
     wall_seconds: float = 0.0
     peak_rss_kib: int = 0  # the server process's VmHWM when the sample ended
     unsupported: bool = False  # the loop raised NotImplementedError for this server
@@ -97,10 +98,11 @@ def all_rows() -> list[Row]:
     return rows
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """The process's CPU time so far, (user, kernel), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -138,7 +140,7 @@ class Server:
         err = self.proc.stderr.read() if self.proc.stderr else ""
         return err.strip().splitlines()[-1] if err.strip() else f"exit {self.proc.returncode}"
 
-    def cpu(self) -> float:
+    def cpu(self) -> tuple[float, float]:
         return cpu_seconds(self.proc.pid)
 
     def peak_rss(self) -> int:
@@ -154,7 +156,13 @@ class Server:
             self.proc.wait()
 
 
-def run_echo(server: Server, row: Row, seconds: float, warmup: float) -> tuple[float, float, float]:
+def cpu_used(start: tuple[float, float], stop: tuple[float, float]) -> tuple[float, float]:
+    """(total, user) server CPU seconds between two cpu() readings."""
+    user = stop[0] - start[0]
+    return user + stop[1] - start[1], user
+
+
+def run_echo(server: Server, row: Row, seconds: float, warmup: float) -> tuple[float, tuple[float, float], float]:
     client = subprocess.Popen(
         [
             *(str(CLIENT), server.address, "--conns", str(CONNS), "--size", str(row.size)),
@@ -178,13 +186,13 @@ def run_echo(server: Server, row: Row, seconds: float, warmup: float) -> tuple[f
     client.wait(timeout=30)
     if client.returncode or result is None or cpu_start is None or cpu_stop is None:
         raise RuntimeError(f"client failed: {client.stderr.read().strip() if client.stderr else ''}")
-    return result["messages"] / result["seconds"], cpu_stop - cpu_start, result["seconds"]
+    return result["messages"] / result["seconds"], cpu_used(cpu_start, cpu_stop), result["seconds"]
 
 
 WRK_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
 
 
-def run_wrk(server: Server, pipeline: int, seconds: float, warmup: float) -> tuple[float, float, float]:
+def run_wrk(server: Server, pipeline: int, seconds: float, warmup: float) -> tuple[float, tuple[float, float], float]:
     url = "http://" + server.address.removeprefix("tcp:") + "/"
 
     def wrk(duration: float) -> str:
@@ -203,14 +211,16 @@ def run_wrk(server: Server, pipeline: int, seconds: float, warmup: float) -> tup
     match = WRK_RPS.search(out)
     if not match or "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk failed: {out.strip()}")
-    return float(match.group(1)), cpu_stop - cpu_start, wall
+    return float(match.group(1)), cpu_used(cpu_start, cpu_stop), wall
 
 
 class Unsupported(RuntimeError):
     """The loop does not implement what the row's server needs (NotImplementedError)."""
 
 
-def run_sample(spec: str, row: Row, seconds: float, warmup: float, tmpdir: str) -> tuple[float, float, float, int]:
+def run_sample(
+    spec: str, row: Row, seconds: float, warmup: float, tmpdir: str
+) -> tuple[float, tuple[float, float], float, int]:
     try:
         server = Server(spec, row.mode, row.family, tmpdir)
     except RuntimeError as exc:
@@ -253,6 +263,37 @@ def fmt_rate(x: float) -> str:
     if math.isnan(x):
         return "-"
     return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+
+
+def cpu_split_table(rows: list[Row], loops: list[str], subject: str, samples: list[Sample]) -> list[str]:
+    """Server CPU per message, user space + kernel, in microseconds (medians over samples).
+
+    The kernel part (socket calls, the TCP/Unix stack, polling, wake-ups) is much the same for
+    every loop that makes the same system calls; only the user part is the loop's own code. So the
+    kernel part bounds what any loop can gain per CPU-second on a row.
+    """
+    lines = [
+        "Server CPU per message (per request for wrk rows), microseconds of user space + kernel, median over"
+        " samples; the last column is the subject's user-space share of its server CPU:",
+        "",
+        "| row | " + " | ".join(loops) + " | user share |",
+        "|---|" + "---:|" * (len(loops) + 1),
+    ]
+    for row in rows:
+        cells, share = [row.name], "-"
+        for n in loops:
+            ok = [s for s in samples if s.row == row.name and s.loop == n and s.ok and s.per_second > 0]
+            if not ok:
+                cells.append("-")
+                continue
+            messages = [s.per_second * s.wall_seconds for s in ok]
+            user = statistics.median(s.user_seconds / m * 1e6 for s, m in zip(ok, messages))
+            kernel = statistics.median((s.cpu_seconds - s.user_seconds) / m * 1e6 for s, m in zip(ok, messages))
+            cells.append(f"{user:.1f} + {kernel:.1f}")
+            if n == subject and user + kernel > 0:
+                share = f"{user / (user + kernel):.0%}"
+        lines.append("| " + " | ".join(cells) + f" | {share} |")
+    return lines
 
 
 def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample], args) -> tuple[str, bool]:
@@ -309,6 +350,8 @@ def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample
         "A cell of `-` is a row the loop cannot run (the ceiling only echoes; a loop may lack a feature, such as"
         " TLS) or whose samples all failed (reported on stderr)."
     )
+    lines.append("")
+    lines += cpu_split_table(rows, loops, subject, samples)
     lines.append("")
     lines.append("Peak RSS of the server process (VmHWM, MiB, median over samples):")
     lines.append("")
@@ -381,7 +424,8 @@ def main() -> int:
                     sample = Sample(row.name, name, k, ok=False)
                     try:
                         rate, cpu, wall, rss = run_sample(specs[name], row, args.seconds, args.warmup, tmpdir)
-                        sample.per_second, sample.cpu_seconds, sample.wall_seconds = rate, cpu, wall
+                        sample.per_second, sample.wall_seconds = rate, wall
+                        sample.cpu_seconds, sample.user_seconds = cpu
                         sample.peak_rss_kib, sample.ok = rss, True
                     except Unsupported:
                         sample.unsupported = True
