@@ -91,11 +91,11 @@ def net_medians(samples: list[dict], per_cpu: bool) -> dict[str, tuple[str, dict
     return {row: (groups[row], {n: statistics.median(vs) for n, vs in per.items()}) for row, per in values.items()}
 
 
-Ranges = dict[tuple[str, str], tuple[float, float]]
+Ranges = dict[tuple[str, str], list[float]]
 
 
 def sample_ranges(micro_doc: dict, net_samples: list[dict], per_cpu: bool) -> Ranges:
-    """(row, loop) -> (lowest, highest) sample, of throughput or (network rows) of work per CPU-second."""
+    """(row, loop) -> its samples, of throughput or (network rows) of work per CPU-second."""
     values: dict[tuple[str, str], list[float]] = {}
     for s in micro_doc.get("samples", []) if not per_cpu else []:
         if s.get("ok") and s.get("ops_per_sec"):
@@ -104,15 +104,15 @@ def sample_ranges(micro_doc: dict, net_samples: list[dict], per_cpu: bool) -> Ra
         if s["ok"] and s["per_second"] and s["cpu_seconds"]:
             v = s["per_second"] * s["wall_seconds"] / s["cpu_seconds"] if per_cpu else s["per_second"]
             values.setdefault((s["row"], s["loop"]), []).append(v)
-    return {key: (min(vs), max(vs)) for key, vs in values.items()}
+    return values
 
 
 def behind_line(row: str, other: str, ratio: float, ranges: Ranges) -> str:
     """One 'behind' row, saying whether the two loops' samples overlap (a gap within the noise) or not."""
-    mine, theirs = ranges.get((row, SUBJECT)), ranges.get((row, other))
-    if mine is None or theirs is None:
-        return f"- {row}: {ratio:.2f} of {other}"
-    verdict = "samples overlap" if mine[1] >= theirs[0] else "every sample lower"
+    mine, theirs = ranges.get((row, SUBJECT), []), ranges.get((row, other), [])
+    if min(len(mine), len(theirs)) < 3:
+        return f"- {row}: {ratio:.2f} of {other}"  # too few samples to say
+    verdict = "samples overlap" if max(mine) >= min(theirs) else "every sample lower"
     return f"- {row}: {ratio:.2f} of {other} ({verdict})"
 
 

@@ -265,6 +265,10 @@ def fmt_rate(x: float) -> str:
     return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
 
 
+def fmt_us(x: float) -> str:
+    return f"{x:.2f}" if x < 1 else f"{x:.1f}"
+
+
 def cpu_split_table(rows: list[Row], loops: list[str], subject: str, samples: list[Sample]) -> list[str]:
     """Server CPU per message, user space + kernel, in microseconds (medians over samples).
 
@@ -289,7 +293,7 @@ def cpu_split_table(rows: list[Row], loops: list[str], subject: str, samples: li
             messages = [s.per_second * s.wall_seconds for s in ok]
             user = statistics.median(s.user_seconds / m * 1e6 for s, m in zip(ok, messages))
             kernel = statistics.median((s.cpu_seconds - s.user_seconds) / m * 1e6 for s, m in zip(ok, messages))
-            cells.append(f"{user:.1f} + {kernel:.1f}")
+            cells.append(f"{fmt_us(user)} + {fmt_us(kernel)}")
             if n == subject and user + kernel > 0:
                 share = f"{user / (user + kernel):.0%}"
         lines.append("| " + " | ".join(cells) + f" | {share} |")
@@ -381,6 +385,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="CI smoke: 1KiB TCP rows, 1 sample, 0.3 s")
     parser.add_argument("--json", help="write every sample to this path")
     parser.add_argument(
+        "--report-from", metavar="JSON", help="print the report of the samples a previous --json saved, without running"
+    )
+    parser.add_argument(
         "--ceiling",
         action="store_true",
         help="add the pure-Rust echo server (bench/ceiling-server) to the protocol rows, as loop 'ceiling'",
@@ -414,6 +421,16 @@ def main() -> int:
         build(CEILING_DIR)
 
     samples: list[Sample] = []
+    if args.report_from:
+        samples = [Sample(**s) for s in json.loads(Path(args.report_from).read_text())]
+        names = {s.row for s in samples}
+        rows = [r for r in rows if r.name in names]
+        loops = [n for n in loops if any(s.loop == n for s in samples)]
+        args.repeat = max(s.k for s in samples) + 1 if samples else 0
+        text, failed = report(rows, loops, args.subject, samples, args)
+        # The samples do not record the window lengths: the header shows this command's.
+        print(text)
+        return 1 if failed else 0
     with tempfile.TemporaryDirectory() as tmpdir:
         for row in rows:
             for k in range(args.repeat):
