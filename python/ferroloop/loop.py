@@ -341,6 +341,12 @@ class Loop(  # type: ignore[misc]
         message = context.get("message") or "Unhandled exception in event loop"
         exception = context.get("exception")
         exc_info: Any = (type(exception), exception, exception.__traceback__) if exception is not None else False
+        if "source_traceback" not in context:
+            # In debug mode: where the callback running now was scheduled (asyncio adds it too,
+            # to the caller's dict).
+            handle = self._current_handle
+            if handle is not None and handle._source_traceback:
+                context["handle_traceback"] = handle._source_traceback
         lines = [message]
         for key in sorted(context):
             if key in ("message", "exception"):

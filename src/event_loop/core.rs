@@ -250,18 +250,17 @@ fn run_handle(slf: &Bound<'_, LoopBase>, handle: Py<Handle>, debug: bool) -> PyR
         super::let_go(py, handle, None);
         return Ok(());
     };
-    let started = debug.then(clock::monotonic);
-    let outcome = match invoke(py, &invocation) {
-        Err(err) if !is_fatal(py, &err) => {
-            handle.borrow_mut(py).restore_for_report(py, &invocation);
-            report_callback_error(slf, &handle, &invocation, err)
-        }
-        other => other,
-    };
-    let Some(started) = started else {
+    if !debug {
+        let outcome = run_invocation(slf, &handle, &invocation);
         super::let_go(py, handle, Some(invocation));
         return outcome;
-    };
+    }
+    // Debug mode: the handle is the loop's current one while it runs, as in asyncio's `_run_once`.
+    slf.borrow_mut().current_handle = Some(handle.clone_ref(py));
+    let started = clock::monotonic();
+    let outcome = run_invocation(slf, &handle, &invocation);
+    let previous = slf.borrow_mut().current_handle.take();
+    drop(previous);
     super::let_go(py, handle.clone_ref(py), Some(invocation));
     outcome?;
     let elapsed = clock::monotonic() - started;
@@ -269,6 +268,20 @@ fn run_handle(slf: &Bound<'_, LoopBase>, handle: Py<Handle>, debug: bool) -> PyR
         slf.call_method1(intern!(py, "_log_slow_callback"), (handle, elapsed))?;
     }
     Ok(())
+}
+
+/// Calls the handle's callback; an exception other than `KeyboardInterrupt`/`SystemExit` goes to
+/// the exception handler, as asyncio's `Handle._run` does.
+#[inline]
+fn run_invocation(slf: &Bound<'_, LoopBase>, handle: &Py<Handle>, invocation: &Invocation) -> PyResult<()> {
+    let py = slf.py();
+    match invoke(py, invocation) {
+        Err(err) if !is_fatal(py, &err) => {
+            handle.borrow_mut(py).restore_for_report(py, invocation);
+            report_callback_error(slf, handle, invocation, err)
+        }
+        other => other,
+    }
 }
 
 fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {

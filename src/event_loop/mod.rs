@@ -56,6 +56,9 @@ pub struct LoopBase {
     /// `{"loop": self}`, the keyword arguments of every future and plain task made here, built
     /// once (see `tasks`).
     loop_kwargs: Option<Py<PyDict>>,
+    /// The handle whose callback is running, in debug mode only (asyncio's `_current_handle`):
+    /// `default_exception_handler` adds its creation stack to reports made while it runs.
+    current_handle: Option<Py<Handle>>,
 }
 
 pub(crate) fn closed_error() -> PyErr {
@@ -312,6 +315,7 @@ impl LoopBase {
             thread_id: 0,
             task_factory: None,
             loop_kwargs: None,
+            current_handle: None,
         })
     }
 
@@ -598,6 +602,11 @@ impl LoopBase {
         (self.thread_id != 0).then_some(self.thread_id)
     }
 
+    #[getter]
+    fn _current_handle(&self, py: Python<'_>) -> Option<Py<Handle>> {
+        self.current_handle.as_ref().map(|h| h.clone_ref(py))
+    }
+
     /// Close the loop: drop every queued callback, timer and fd watcher, and the poller.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let dropped = {
@@ -652,6 +661,7 @@ impl LoopBase {
         }
         visit.call(&self.task_factory)?;
         visit.call(&self.loop_kwargs)?;
+        visit.call(&self.current_handle)?;
         self.watches.traverse(&visit)
     }
 
@@ -661,6 +671,7 @@ impl LoopBase {
         dropped.extend(self.watches.drain());
         self.task_factory = None;
         self.loop_kwargs = None;
+        self.current_handle = None;
         let_go_all(py, dropped);
     }
 }
