@@ -573,6 +573,36 @@ def test_remove_reader_of_closed_unregistered_fd_returns_false(loop):
     assert loop.remove_writer(w) is False
 
 
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_remove_finds_a_socket_closed_while_watched(loop, side):
+    # The socket's fileno() is -1 once closed; the registration is found by the object itself,
+    # as asyncio's selector finds it (anyio closes sockets under a pending wait this way).
+    a, b = socket.socketpair()
+    b.close()
+    calls = []
+    getattr(loop, f"add_{side}")(a, calls.append, "called")
+    a.close()
+    assert getattr(loop, f"remove_{side}")(a) is True
+    # Gone now: the object is unknown, and its fileno() is still invalid.
+    with pytest.raises(ValueError):
+        getattr(loop, f"remove_{side}")(a)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == []
+
+
+def test_remove_by_int_of_an_fd_registered_through_a_closed_socket_is_refused(loop):
+    # A closed socket whose fd was registered by number is not found through the object.
+    a, b = socket.socketpair()
+    b.close()
+    loop.add_reader(a.fileno(), lambda: None)
+    fd = a.fileno()
+    a.close()
+    with pytest.raises(ValueError):
+        loop.remove_reader(a)
+    assert loop.remove_reader(fd) is True
+
+
 @pytest.mark.parametrize("method", ["add_reader", "add_writer"])
 def test_regular_file_raises_permission_error(loop, method):
     # epoll refuses regular files with EPERM; asyncio lets that PermissionError through.

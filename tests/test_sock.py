@@ -821,6 +821,25 @@ def test_sock_connect_refused_leaves_no_writer(loop, socks):
     assert run(loop, main()) is False
 
 
+def test_sock_connect_refused_leaves_no_future_holding_the_error(loop, socks):
+    # The error's traceback holds the frames it passed through; none of them may keep the future
+    # that holds the error, or the two stay alive until a full collection (CPython gh-124859).
+    closed_port = socks.new()
+    closed_port.bind(("127.0.0.1", 0))
+    client = socks.new()
+
+    async def main():
+        try:
+            await loop.sock_connect(client, closed_port.getsockname())
+        except ConnectionRefusedError as exc:
+            return exc
+        return None
+
+    exc = run(loop, main())
+    assert isinstance(exc, ConnectionRefusedError)
+    assert not [r for r in gc.get_referrers(exc) if isinstance(r, asyncio.Future)]
+
+
 def test_many_sequential_connections(loop, socks):
     listener = socks.listener()
 

@@ -827,3 +827,7 @@ def _finish_connect(fut: asyncio.Future[Any], sock: socket.socket, address: Any)
         fut.set_exception(exc)
     else:
         fut.set_result(None)
+    finally:
+        # The exception's traceback holds this frame: without the future, which holds the
+        # exception, the two do not keep each other alive (asyncio's `_sock_connect_cb` does the same).
+        del fut

@@ -97,8 +97,16 @@ impl LoopBase {
     }
 
     /// Queues the reader and/or writer of a ready fd. A cancelled handle found here is removed
-    /// from the table (asyncio does the same), which stops the fd from waking us again.
-    fn dispatch(&mut self, py: Python<'_>, event: Readiness, stale: &mut Vec<Py<Handle>>) {
+    /// from the table (asyncio does the same), which stops the fd from waking us again; it goes
+    /// to `stale`, and a file object the fd no longer needs to `released`, to be let go outside
+    /// the loop's borrow.
+    fn dispatch(
+        &mut self,
+        py: Python<'_>,
+        event: Readiness,
+        stale: &mut Vec<Py<Handle>>,
+        released: &mut Vec<Py<PyAny>>,
+    ) {
         let Some(poller) = self.poller.clone() else {
             return;
         };
@@ -120,7 +128,10 @@ impl LoopBase {
             }
         }
         for side in to_clear {
-            stale.extend(FdWatches::clear(&mut self.watches, &poller, event.fd, side).map(|(handle, _)| handle));
+            if let Some((handle, _, fileobj)) = FdWatches::clear(&mut self.watches, &poller, event.fd, side) {
+                stale.push(handle);
+                released.extend(fileobj);
+            }
         }
     }
 }
@@ -196,12 +207,13 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         Some(readiness)
     };
 
-    let (batch, stale, debug) = {
+    let (batch, stale, released, debug) = {
         let mut s = slf.borrow_mut();
         let mut stale = Vec::new();
+        let mut released = Vec::new();
         if let Some(mut readiness) = readiness {
             for event in readiness.drain(..) {
-                s.dispatch(py, event, &mut stale);
+                s.dispatch(py, event, &mut stale, &mut released);
             }
             s.readiness = readiness;
         }
@@ -220,9 +232,10 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         }
         let mut batch = std::mem::take(&mut s.spare);
         std::mem::swap(&mut batch, &mut s.ready);
-        (batch, stale, s.debug)
+        (batch, stale, released, s.debug)
     };
     super::let_go_all(py, stale);
+    drop(released);
     run_batch(slf, batch, debug)
 }
 

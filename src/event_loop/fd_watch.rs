@@ -29,6 +29,10 @@ pub enum Side {
 pub struct FdWatch {
     pub reader: Option<Py<Handle>>,
     pub writer: Option<Py<Handle>>,
+    /// The object the latest `add_reader()`/`add_writer()` was given, when it was not an int
+    /// (asyncio's selector key keeps it too): a socket closed while watched has no usable
+    /// `fileno()` any more, and `remove_reader(sock)` then finds its fd by this object.
+    pub fileobj: Option<Py<PyAny>>,
     /// The reader is parked (see the module doc).
     pub reader_parked: bool,
 }
@@ -53,6 +57,13 @@ impl FdWatch {
     }
 }
 
+/// What `FdWatches::set` replaced: the previous handle on that side and the previous file object.
+pub type Replaced = (Option<Py<Handle>>, Option<Py<PyAny>>);
+
+/// What `FdWatches::clear` removed: the handle, whether it was a parked reader, and the file
+/// object if the fd is no longer watched.
+pub type Cleared = (Py<Handle>, bool, Option<Py<PyAny>>);
+
 /// The table, indexed by fd as libuv's watcher array is. The kernel hands out the lowest free fd
 /// number, so the table stays about as long as the process's highest fd, and the lookup made
 /// for every I/O event is an index instead of a hash (a `HashMap` with the standard `SipHash` cost
@@ -75,15 +86,18 @@ impl FdWatches {
         self.slots.get_mut(index(fd)?)
     }
 
-    /// Installs `handle` on `side` of `fd` and returns the handle it replaces (to be cancelled by
-    /// the caller, outside any borrow). On a poller error nothing changes.
+    /// Installs `handle` on `side` of `fd`, registered through `fileobj` (see `FdWatch::fileobj`),
+    /// and returns what it replaces: the handle (to be cancelled by the caller) and the previous
+    /// file object, both to be let go outside any borrow, since dropping them may run Python code.
+    /// On a poller error nothing changes.
     pub fn set(
         &mut self,
         poller: &Poller,
         fd: RawFd,
         side: Side,
         handle: Py<Handle>,
-    ) -> io::Result<Option<Py<Handle>>> {
+        fileobj: Option<Py<PyAny>>,
+    ) -> io::Result<Replaced> {
         let i = index(fd).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
         if i >= self.slots.len() {
             // Register before growing: only an fd the poller accepts (an open one, so below the
@@ -96,8 +110,9 @@ impl FdWatches {
             poller.watch(fd, interest, false)?;
             self.slots.resize_with(i + 1, FdWatch::default);
             *self.slots[i].slot(side) = Some(handle);
+            self.slots[i].fileobj = fileobj;
             self.in_use += 1;
-            return Ok(None);
+            return Ok((None, None));
         }
         let watch = &mut self.slots[i];
         let known = watch.in_use();
@@ -114,25 +129,42 @@ impl FdWatches {
         if !known {
             self.in_use += 1;
         }
-        Ok(previous)
+        let previous_fileobj = std::mem::replace(&mut watch.fileobj, fileobj);
+        Ok((previous, previous_fileobj))
     }
 
-    /// Removes the handle on `side` of `fd`, returning it (for the caller to cancel) and whether
-    /// it was a parked reader.
-    pub fn clear(&mut self, poller: &Poller, fd: RawFd, side: Side) -> Option<(Py<Handle>, bool)> {
+    /// Removes the handle on `side` of `fd`, returning it (for the caller to cancel), whether it
+    /// was a parked reader, and the file object when the fd is no longer watched at all (to be
+    /// let go outside any borrow).
+    pub fn clear(&mut self, poller: &Poller, fd: RawFd, side: Side) -> Option<Cleared> {
         let watch = self.slot_mut(fd)?;
         let removed = watch.slot(side).take()?;
         let parked = side == Side::Read && std::mem::take(&mut watch.reader_parked);
         let interest = watch.interest();
         if interest.is_empty() {
+            let fileobj = watch.fileobj.take();
             self.in_use -= 1;
+            // An fd closed while watched has already left the epoll set; the error is ignored.
             poller.unwatch(fd);
-        } else {
-            // The fd may have been closed behind our back; the remaining side then fails later
-            // with the same error asyncio's selector would give.
-            let _ = poller.watch(fd, interest, true);
+            return Some((removed, parked, fileobj));
         }
-        Some((removed, parked))
+        // The fd may have been closed behind our back; the remaining side then fails later with
+        // the same error asyncio's selector would give.
+        let _ = poller.watch(fd, interest, true);
+        Some((removed, parked, None))
+    }
+
+    /// The watched fd that was registered through `fileobj` (compared by identity), as asyncio's
+    /// selector searches its keys when an object's `fileno()` is no longer valid.
+    pub fn find_fileobj(&self, fileobj: &Bound<'_, PyAny>) -> Option<RawFd> {
+        self.watched()
+            .find(|(_, watch)| {
+                watch
+                    .fileobj
+                    .as_ref()
+                    .is_some_and(|obj| obj.as_ptr() == fileobj.as_ptr())
+            })
+            .map(|(fd, _)| fd)
     }
 
     /// Parks the reader of `fd` if it is `handle` (the caller's own).
@@ -182,18 +214,23 @@ impl FdWatches {
         }
     }
 
-    pub fn drain(&mut self) -> Vec<Py<Handle>> {
+    /// Empties the table: the handles, and the file objects to let go (outside any borrow).
+    pub fn drain(&mut self) -> (Vec<Py<Handle>>, Vec<Py<PyAny>>) {
         self.in_use = 0;
-        std::mem::take(&mut self.slots)
-            .into_iter()
-            .flat_map(|w| w.reader.into_iter().chain(w.writer))
-            .collect()
+        let mut handles = Vec::new();
+        let mut fileobjs = Vec::new();
+        for watch in std::mem::take(&mut self.slots) {
+            handles.extend(watch.reader.into_iter().chain(watch.writer));
+            fileobjs.extend(watch.fileobj);
+        }
+        (handles, fileobjs)
     }
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         for (_, watch) in self.watched() {
             visit.call(&watch.reader)?;
             visit.call(&watch.writer)?;
+            visit.call(&watch.fileobj)?;
         }
         Ok(())
     }

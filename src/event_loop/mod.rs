@@ -193,22 +193,26 @@ impl LoopBase {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        LoopBase::watch_fd(slf, fileobj_to_fd(fd)?, side, callback, args)
+        let fd_number = fileobj_to_fd(fd)?;
+        let fileobj = (!fd.is_instance_of::<PyInt>()).then(|| fd.clone().unbind());
+        LoopBase::watch_fd(slf, fd_number, side, callback, args, fileobj)
     }
 
     /// Installs `callback(*args)` as the reader or writer of `fd` (replacing and cancelling a
-    /// previous one); the native transports use this directly.
-    pub(crate) fn watch_fd(
+    /// previous one), registered through `fileobj` when that was not an int (see
+    /// `FdWatch::fileobj`).
+    fn watch_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         side: Side,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        fileobj: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let debug = LoopBase::open_debug(slf)?;
         let handle = Handle::persistent(py, callback.unbind(), CallArgs::from_tuple(args), None, debug)?;
-        LoopBase::install_watch(slf, fd, side, handle)
+        LoopBase::install_watch(slf, fd, side, handle, fileobj)
     }
 
     /// Installs `native` called on `target` as the reader or writer of `fd`: the transports'
@@ -223,7 +227,7 @@ impl LoopBase {
         let py = slf.py();
         let debug = LoopBase::open_debug(slf)?;
         let handle = Handle::persistent(py, target.clone().unbind(), CallArgs::None, Some(native), debug)?;
-        LoopBase::install_watch(slf, fd, side, handle)
+        LoopBase::install_watch(slf, fd, side, handle, None)
     }
 
     /// Whether the loop is in debug mode; `RuntimeError` if it is closed.
@@ -233,15 +237,22 @@ impl LoopBase {
         Ok(s.debug)
     }
 
-    fn install_watch(slf: &Bound<'_, Self>, fd: RawFd, side: Side, handle: Py<Handle>) -> PyResult<Py<Handle>> {
+    fn install_watch(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        side: Side,
+        handle: Py<Handle>,
+        fileobj: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let replaced = {
+        let (replaced, old_fileobj) = {
             let mut s = slf.borrow_mut();
             let poller = s.poller.clone().ok_or_else(closed_error)?;
             s.watches
-                .set(&poller, fd, side, handle.clone_ref(py))
+                .set(&poller, fd, side, handle.clone_ref(py), fileobj)
                 .map_err(|e| os_error(&e))?
         };
+        drop(old_fileobj);
         if let Some(old) = replaced {
             old.bind(py).call_method0(intern!(py, "cancel"))?;
         }
@@ -252,7 +263,17 @@ impl LoopBase {
         if slf.borrow().closed {
             return Ok(false);
         }
-        LoopBase::unwatch_fd(slf, fileobj_to_fd(fd)?, side)
+        let fd = match fileobj_to_fd(fd) {
+            Ok(fd) => fd,
+            // A file object whose `fileno()` is no longer valid (a socket closed while watched):
+            // its registration is found by identity, as asyncio's selector finds it.
+            Err(err) if err.is_instance_of::<PyValueError>(slf.py()) => match slf.borrow().watches.find_fileobj(fd) {
+                Some(fd) => fd,
+                None => return Err(err),
+            },
+            Err(err) => return Err(err),
+        };
+        LoopBase::unwatch_fd(slf, fd, side)
     }
 
     /// Removes (and cancels) the reader or writer of `fd`; returns whether there was one (a
@@ -267,7 +288,8 @@ impl LoopBase {
             s.watches.clear(&poller, fd, side)
         };
         match removed {
-            Some((handle, parked)) => {
+            Some((handle, parked, fileobj)) => {
+                drop(fileobj);
                 handle.bind(py).call_method0(intern!(py, "cancel"))?;
                 Ok(!parked)
             }
@@ -621,10 +643,13 @@ impl LoopBase {
             s.poller = None;
             let mut dropped: Vec<Py<Handle>> = s.ready.drain(..).collect();
             dropped.extend(s.timers.drain());
-            dropped.extend(s.watches.drain());
-            dropped
+            let (watchers, fileobjs) = s.watches.drain();
+            dropped.extend(watchers);
+            (dropped, fileobjs)
         };
+        let (dropped, fileobjs) = dropped;
         let_go_all(slf.py(), dropped);
+        drop(fileobjs);
         Ok(())
     }
 
@@ -668,7 +693,9 @@ impl LoopBase {
     fn __clear__(&mut self, py: Python<'_>) {
         let mut dropped: Vec<Py<Handle>> = self.ready.drain(..).chain(self.spare.drain(..)).collect();
         dropped.extend(self.timers.drain());
-        dropped.extend(self.watches.drain());
+        let (watchers, fileobjs) = self.watches.drain();
+        dropped.extend(watchers);
+        drop(fileobjs);
         self.task_factory = None;
         self.loop_kwargs = None;
         self.current_handle = None;
