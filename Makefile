@@ -3,7 +3,7 @@ PYTHON ?= python3
 SEED ?= ../shared/seed
 PIP := $(PYTHON) -m pip install --disable-pip-version-check -q
 
-.PHONY: help deps build build-pgo run bench bench-net bench-all test test-rust test-python conformance stubtest lint format clean
+.PHONY: help deps build build-pgo run bench bench-net bench-all test test-rust test-python conformance libraries stubtest lint format clean
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test-python:  ## pytest: a debug-mode pass of the behaviour tests, then everythi
 
 conformance:  ## CPython's test_asyncio on ferroloop, with per-module counts (also part of `make test`)
 	$(PYTHON) tests/conformance/run.py
+
+libraries: deps build  ## anyio's own test suite on ferroloop and on asyncio, compared (downloads anyio's sources)
+	$(PYTHON) tests/libraries/anyio_suite.py
 
 stubtest:  ## check the hand-written .pyi stubs against the built native module
 	$(PYTHON) -m mypy.stubtest ferroloop._ferroloop
