@@ -248,10 +248,9 @@ def test_debug_mode_exception_context_has_source_traceback(loop, handler_calls):
     assert any(os.path.basename(frame[0]) == os.path.basename(__file__) for frame in source_tb)
 
 
-def test_debug_mode_report_during_callback_names_where_it_was_scheduled(loop, handler_calls):
-    # A report made while a callback runs (not about the callback itself) gets the running
-    # handle's creation stack from the default handler, under "handle_traceback".
-    loop.set_debug(True)
+def _report_from_a_callback(loop):
+    """Runs one callback that reports an error through the default handler; returns the handle,
+    the context as the default handler left it, and the loop's current handle during the call."""
     seen = {}
 
     def handler(the_loop, context):
@@ -265,6 +264,14 @@ def test_debug_mode_report_during_callback_names_where_it_was_scheduled(loop, ha
     loop.set_exception_handler(handler)
     handle = loop.call_soon(reporting)
     _run_once(loop)
+    return handle, seen
+
+
+def test_debug_mode_report_during_callback_names_where_it_was_scheduled(loop, handler_calls):
+    # A report made while a callback runs (not about the callback itself) gets the running
+    # handle's creation stack from the default handler, under "handle_traceback".
+    loop.set_debug(True)
+    handle, seen = _report_from_a_callback(loop)
     assert seen["current"] is handle
     assert loop._current_handle is None
     tb = seen.get("handle_traceback")
@@ -274,19 +281,7 @@ def test_debug_mode_report_during_callback_names_where_it_was_scheduled(loop, ha
 
 def test_report_during_callback_without_debug_has_no_handle_traceback(loop, handler_calls):
     loop.set_debug(False)
-    seen = {}
-
-    def handler(the_loop, context):
-        the_loop.default_exception_handler(context)
-        seen.update(context)
-
-    def reporting():
-        seen["current"] = loop._current_handle
-        loop.call_exception_handler({"message": "something went wrong"})
-
-    loop.set_exception_handler(handler)
-    loop.call_soon(reporting)
-    _run_once(loop)
+    _, seen = _report_from_a_callback(loop)
     assert seen["current"] is None
     assert "handle_traceback" not in seen
 
