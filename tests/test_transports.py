@@ -151,6 +151,25 @@ def test_transport_is_an_asyncio_transport_with_socket_extra_info(loop, kind):
     with_pair(loop, body, kind=kind)
 
 
+def test_code_can_hang_attributes_on_a_transport_and_patch_its_methods(loop):
+    # Libraries keep their own state on transports, and tests patch a transport's methods
+    # (uvicorn's swallow a websocket's pongs by replacing `write`); asyncio's transports allow it.
+    async def body(pair):
+        tr = pair.client_transport
+        tr.app_state = "mine"
+        assert tr.app_state == "mine"
+        swallowed = []
+        tr.write = swallowed.append
+        tr.write(b"dropped")
+        assert swallowed == [b"dropped"]
+        del tr.write
+        tr.write(b"sent")
+        await pair.peer.received(4)
+        assert bytes(pair.peer.data) == b"sent"
+
+    with_pair(loop, body)
+
+
 def test_private_extra_dict_holds_asyncios_keys_and_rules_get_extra_info(loop):
     """`_extra` (private, but read by libraries) has the keys asyncio puts there, and what is
     stored through it is what get_extra_info() answers."""

@@ -77,9 +77,11 @@ class _NativeTransport(transports.BaseTransport):
     """What every transport around a native core shares: the protocol, closing, the
     unclosed-transport warning, and the private attributes CPython's helpers read.
 
-    Transports have no instance `__dict__` (asyncio's base classes declare `__slots__`, and so
-    do these): an idle connection costs less. The slots are declared by the concrete classes,
-    below `_FlowControlMixin`, whose own slots would otherwise clash with them."""
+    The socket transports keep their state in slots (asyncio's base classes declare `__slots__`,
+    and so do these): an idle connection costs less. They still have an instance `__dict__`, as
+    asyncio's transports do, which stays unmade until code hangs an attribute on a transport or
+    patches one of its methods. The slots are declared by the concrete classes, below
+    `_FlowControlMixin`, whose own slots would otherwise clash with them."""
 
     __slots__ = ()
 
@@ -201,7 +203,17 @@ class _WriteSide(_NativeTransport):
 class _CoreTransport(_ReadSide, _WriteSide, transports._FlowControlMixin):
     """What the socket transports share: reading, flow control, and the socket's extra info."""
 
-    __slots__ = ("__weakref__", "_core", "_extra_dict", "_peername", "_sock_fd", "_socket", "_sockname", "_trsock")
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_core",
+        "_extra_dict",
+        "_peername",
+        "_sock_fd",
+        "_socket",
+        "_sockname",
+        "_trsock",
+    )
 
     _core: _ferroloop.SocketCore
 
