@@ -1,8 +1,8 @@
 """Run real libraries' own test suites on ferroloop and on the stdlib loop, and compare.
 
-    python tests/libraries/run.py [anyio] [httpx] [--keep DIR]
+    python tests/libraries/run.py [anyio] [httpx] [uvicorn] [--keep DIR]
 
-Both suites run their async tests through anyio's pytest plugin, whose asyncio backend takes a
+These suites run their async tests through anyio's pytest plugin, whose asyncio backend takes a
 ``loop_factory``. For each library this script downloads the source distribution of the
 installed version from PyPI, adds a ferroloop backend parameter beside the stdlib ``asyncio``
 one (the conftest addition below), runs the suite once with both, and reports every test that
@@ -44,8 +44,9 @@ asyncio_params.append(
 )
 """,
 )
-# httpx's tests use the plugin's default backends; a conftest fixture replaces them.
-HTTPX_HOOK = (
+# httpx's and uvicorn's tests take the plugin's backends or their own; an appended conftest fixture
+# replaces them with the stdlib loop and ferroloop.
+BACKEND_FIXTURE_HOOK = (
     None,
     """
 
@@ -70,6 +71,7 @@ class Suite:
     dependencies: list[str]
     # (line to insert before, or None to append; the text) for tests/conftest.py
     hook: tuple[str | None, str]
+    pytest_args: tuple[str, ...] = ()
 
 
 SUITES = {
@@ -84,7 +86,19 @@ SUITES = {
             *("chardet", "brotli", "click==8.*", "pygments==2.*", "rich>=10,<14", "h2>=3,<5"),
             *("socksio==1.*", "zstandard", "trustme", "uvicorn"),
         ],
-        HTTPX_HOOK,
+        BACKEND_FIXTURE_HOOK,
+    ),
+    # uvicorn's conftest defines `anyio_backend` (asyncio only); the appended one replaces it.
+    # Its options run the suite on 8 xdist workers; here it runs in one process, without the
+    # codspeed benchmarks.
+    "uvicorn": Suite(
+        "uvicorn",
+        [
+            *("httpx2", "trustme", "a2wsgi", "wsproto", "websockets", "httptools", "python-dotenv"),
+            *("pyyaml", "watchfiles", "pytest-mock"),
+        ],
+        BACKEND_FIXTURE_HOOK,
+        ("-o", "addopts=", "--ignore=tests/benchmarks"),
     ),
 }
 FERROLOOP_ID = re.compile(r"(?<=[\[-])ferroloop(?=[\]-])")
@@ -143,7 +157,7 @@ def run_suite(suite: Suite, work: Path) -> bool:
     report = work / f"{suite.package}.xml"
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
     subprocess.run(
-        [*pytest, "-k", "not trio and not uvloop", "--timeout", "60", f"--junitxml={report}"],
+        [*pytest, *suite.pytest_args, "-k", "not trio and not uvloop", "--timeout", "60", f"--junitxml={report}"],
         cwd=source,
         check=False,
         stdout=subprocess.DEVNULL,
