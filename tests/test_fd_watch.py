@@ -591,7 +591,7 @@ def test_remove_finds_a_socket_closed_while_watched(loop, side):
     assert calls == []
 
 
-def test_remove_by_int_of_an_fd_registered_through_a_closed_socket_is_refused(loop):
+def test_a_closed_socket_registered_by_fd_number_is_found_only_by_number(loop):
     # A closed socket whose fd was registered by number is not found through the object.
     a, b = socket.socketpair()
     b.close()

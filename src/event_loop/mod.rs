@@ -631,7 +631,8 @@ impl LoopBase {
 
     /// Close the loop: drop every queued callback, timer and fd watcher, and the poller.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let dropped = {
+        // Let these go outside the borrow: releasing references can run Python code.
+        let (dropped, fileobjs) = {
             let mut s = slf.borrow_mut();
             if s.running {
                 return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
@@ -647,7 +648,6 @@ impl LoopBase {
             dropped.extend(watchers);
             (dropped, fileobjs)
         };
-        let (dropped, fileobjs) = dropped;
         let_go_all(slf.py(), dropped);
         drop(fileobjs);
         Ok(())
