@@ -32,6 +32,9 @@ pub struct Handle {
     pub(crate) when: f64,
     /// A timer in the loop's heap (asyncio's `_scheduled`); cleared when it moves to the ready queue.
     pub(crate) scheduled: bool,
+    /// The deadline was given to `call_at()` as an `int` (exactly representable as a float), which
+    /// `when()` gives back as an `int`, as asyncio's handle returns the object it was given.
+    when_is_int: bool,
     /// The loop's count of cancelled timers still in its heap; `None` for plain handles.
     timer_cancels: Option<Arc<AtomicUsize>>,
     debug: bool,
@@ -179,6 +182,7 @@ impl Setup {
 /// What a loop-owned timer adds to a handle.
 pub struct TimerSpec {
     pub when: f64,
+    pub when_is_int: bool,
     pub cancels: Arc<AtomicUsize>,
 }
 
@@ -204,9 +208,9 @@ impl Handle {
             // and referred to by this handle alone.
             unsafe { ffi::PyObject_GC_UnTrack(setup.context.as_ptr().cast()) };
         }
-        let (when, scheduled, timer_cancels) = match timer {
-            Some(t) => (t.when, true, Some(t.cancels)),
-            None => (0.0, false, None),
+        let (when, when_is_int, scheduled, timer_cancels) = match timer {
+            Some(t) => (t.when, t.when_is_int, true, Some(t.cancels)),
+            None => (0.0, false, false, None),
         };
         Handle {
             callback: Some(callback),
@@ -215,6 +219,7 @@ impl Handle {
             cancelled: false,
             when,
             scheduled,
+            when_is_int,
             timer_cancels,
             debug: setup.debug,
             owned_by_loop,
@@ -638,6 +643,20 @@ impl Handle {
 #[pyclass(extends = Handle, module = "ferroloop._ferroloop")]
 pub struct TimerHandle;
 
+impl TimerHandle {
+    /// The deadline as the Python number it was given as: a float, or an int (see `when_is_int`).
+    #[allow(clippy::cast_possible_truncation)] // exact: `when_is_int` is set only for such values
+    fn deadline(slf: &PyRef<'_, Self>) -> Py<PyAny> {
+        let py = slf.py();
+        let base = slf.as_super();
+        if base.when_is_int {
+            pyo3::types::PyInt::new(py, base.when as i64).into_any().unbind()
+        } else {
+            PyFloat::new(py, base.when).into_any().unbind()
+        }
+    }
+}
+
 #[pymethods]
 impl TimerHandle {
     #[new]
@@ -651,13 +670,13 @@ impl TimerHandle {
         ))
     }
 
-    fn when(slf: PyRef<'_, Self>) -> f64 {
-        slf.as_super().when
+    fn when(slf: PyRef<'_, Self>) -> Py<PyAny> {
+        Self::deadline(&slf)
     }
 
     #[getter]
-    fn _when(slf: PyRef<'_, Self>) -> f64 {
-        slf.as_super().when
+    fn _when(slf: PyRef<'_, Self>) -> Py<PyAny> {
+        Self::deadline(&slf)
     }
 
     #[getter]

@@ -144,6 +144,61 @@ def test_timer_handle_when_for_call_at_is_the_given_deadline(loop):
     handle.cancel()
 
 
+def test_timer_handle_when_for_an_int_deadline_is_that_int(loop):
+    # aiohttp rounds deadlines up to whole seconds and its tests check the handle keeps the int.
+    when = math.ceil(loop.time()) + 100
+    handle = loop.call_at(when, lambda: None)
+    assert handle.when() == when
+    assert type(handle.when()) is int
+    handle.cancel()
+
+
+def test_timers_follow_a_time_method_patched_on_the_loop(loop):
+    # asyncio reads its clock through self.time(), so patching it on the loop moves the timers
+    # (aiohttp's keep-alive tests do this).
+    fired = []
+    real_now = loop.time()
+    loop.time = lambda: real_now
+    try:
+        loop.call_later(1000, fired.append, "later")
+        loop.call_at(real_now + 2000, fired.append, "at")
+        _run_once(loop)
+        assert fired == []
+        loop.time = lambda: real_now + 1000
+        _run_once(loop)
+        assert fired == ["later"]
+        loop.time = lambda: real_now + 2000
+        _run_once(loop)
+        assert fired == ["later", "at"]
+    finally:
+        del loop.time
+    # Back on the real clock: a short timer fires after its delay, the far ones never ran twice.
+    callback, run = _run_until_called(loop)
+    loop.call_later(0.01, callback)
+    run()
+    assert fired == ["later", "at"]
+
+
+def test_timers_follow_a_time_method_overridden_by_a_subclass(loop):
+    class VirtualClock(type(loop)):  # type: ignore[misc]
+        virtual_now = 0.0
+
+        def time(self):
+            return self.virtual_now
+
+    virtual = VirtualClock()
+    try:
+        fired = []
+        virtual.call_later(3600, fired.append, 1)
+        _run_once(virtual)
+        assert fired == []
+        virtual.virtual_now = 3600.0
+        _run_once(virtual)
+        assert fired == [1]
+    finally:
+        virtual.close()
+
+
 def test_timer_handle_when_for_call_later_is_now_plus_delay(loop):
     before = loop.time()
     handle = loop.call_later(7, lambda: None)

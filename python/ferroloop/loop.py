@@ -97,7 +97,26 @@ class Loop(  # type: ignore[misc]
         # pidfd -> pid of each child process being waited for.
         self._child_pidfds: dict[int, int] = {}
         self.set_debug(_debug_mode_from_environment())
+        self._refresh_time_overridden()
         _live_loops.add(self)
+
+    # asyncio's loop reads its clock through self.time(), so a subclass or a test that replaces
+    # time() (aiohttp's tests patch it on the loop) moves when timers fire. The native loop reads
+    # the monotonic clock directly unless told that time() is replaced: the class is checked once,
+    # the instance whenever its time attribute is set or deleted.
+    def _refresh_time_overridden(self) -> None:
+        replaced = "time" in self.__dict__ or type(self).time is not _ferroloop.LoopBase.time
+        self._set_time_overridden(replaced)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "time":
+            self._refresh_time_overridden()
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        if name == "time":
+            self._refresh_time_overridden()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} debug={self.get_debug()}>"

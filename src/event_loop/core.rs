@@ -137,6 +137,11 @@ impl LoopBase {
 }
 
 /// Runs one turn of the loop.
+/// `self.time()`, for a loop whose `time()` is overridden.
+fn loop_time(slf: &Bound<'_, LoopBase>) -> PyResult<f64> {
+    LoopBase::now(slf)?.extract()
+}
+
 pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     let py = slf.py();
     if slf.borrow().ready.is_empty() {
@@ -150,15 +155,21 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         py.check_signals()?;
     }
     // The clock is read only when there are timers to compare with (a vDSO call still costs a
-    // noticeable share of a one-callback turn).
-    let mut now = f64::NEG_INFINITY;
+    // noticeable share of a one-callback turn), and through `self.time()` where that is
+    // overridden, before each poll and after it, as asyncio's loop reads it.
+    let time_overridden = slf.borrow().time_overridden;
+    let mut now = if time_overridden {
+        loop_time(slf)?
+    } else {
+        f64::NEG_INFINITY
+    };
     let (plan, purged) = {
         let mut s = slf.borrow_mut();
         if s.poller.is_none() {
             return Err(super::closed_error());
         }
         let purged = s.purge_cancelled_timers(py);
-        if s.timers.len() > 0 {
+        if !time_overridden && s.timers.len() > 0 {
             now = clock::monotonic();
         }
         (s.plan_poll(now), purged)
@@ -189,10 +200,11 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
                 let waited = py.detach(|| poller.wait(&mut epoll_buf, &mut readiness, timeout));
                 if timeout.is_some() || idle_since.is_some() {
                     // Only a wait bounded by a timer needs the clock again, or one being timed.
-                    now = clock::monotonic();
-                }
-                if idle_since.is_some_and(|since| now - since >= IDLE_TRIM_SECONDS) {
-                    free_list::trim(py);
+                    let after = clock::monotonic();
+                    if idle_since.is_some_and(|since| after - since >= IDLE_TRIM_SECONDS) {
+                        free_list::trim(py);
+                    }
+                    now = after;
                 }
                 waited
             }
@@ -206,6 +218,9 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         }
         Some(readiness)
     };
+    if time_overridden {
+        now = loop_time(slf)?;
+    }
 
     let (batch, stale, released, debug) = {
         let mut s = slf.borrow_mut();

@@ -59,6 +59,10 @@ pub struct LoopBase {
     /// The handle whose callback is running, in debug mode only (asyncio's `_current_handle`):
     /// `default_exception_handler` adds its creation stack to reports made while it runs.
     current_handle: Option<Py<Handle>>,
+    /// `time()` is overridden, by a subclass or on the instance (a test's `mock.patch.object`):
+    /// the loop then reads its clock through `self.time()` for `call_later()` and for timer
+    /// expiry, as asyncio's loop always does, instead of reading the monotonic clock directly.
+    time_overridden: bool,
 }
 
 pub(crate) fn closed_error() -> PyErr {
@@ -155,6 +159,15 @@ impl LoopBase {
             ));
         }
         Ok(())
+    }
+
+    /// The loop's time: `self.time()` where that is overridden, else the monotonic clock.
+    pub(crate) fn now<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        if slf.borrow().time_overridden {
+            slf.call_method0(intern!(slf.py(), "time"))
+        } else {
+            Ok(PyFloat::new(slf.py(), clock::monotonic()).into_any())
+        }
     }
 
     pub(crate) fn schedule(
@@ -333,6 +346,7 @@ impl LoopBase {
             running: false,
             closed: false,
             debug: false,
+            time_overridden: false,
             slow_callback_duration: 0.1,
             thread_id: 0,
             task_factory: None,
@@ -396,10 +410,8 @@ impl LoopBase {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         // `time() + delay` with Python's own addition, so exactly the delays asyncio accepts work.
-        let when = PyFloat::new(slf.py(), clock::monotonic())
-            .add(delay)?
-            .extract::<f64>()?;
-        LoopBase::schedule_timer(slf, when, callback, args, context)
+        let when = LoopBase::now(slf)?.add(delay)?.extract::<f64>()?;
+        LoopBase::schedule_timer(slf, when, false, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -413,7 +425,14 @@ impl LoopBase {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        LoopBase::schedule_timer(slf, when.extract::<f64>()?, callback, args, context)
+        let deadline = when.extract::<f64>()?;
+        // An int deadline is given back as an int by `when()`, as asyncio's handle keeps the
+        // object, where the float converts back to that same int (any deadline on a monotonic
+        // clock does).
+        #[allow(clippy::cast_possible_truncation)]
+        let when_is_int =
+            when.is_exact_instance_of::<PyInt>() && when.extract::<i64>().is_ok_and(|i| deadline as i64 == i);
+        LoopBase::schedule_timer(slf, deadline, when_is_int, callback, args, context)
     }
 
     /// Watch `fd` for reading: `callback(*args)` runs on each turn it is readable. Replaces
@@ -657,6 +676,11 @@ impl LoopBase {
         self.debug
     }
 
+    /// Whether `time()` is overridden (kept up to date by the Python class; see `time_overridden`).
+    fn _set_time_overridden(&mut self, overridden: bool) {
+        self.time_overridden = overridden;
+    }
+
     fn set_debug(&mut self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
         // Any truthy value, as asyncio stores bool(enabled).
         self.debug = enabled.is_truthy()?;
@@ -740,6 +764,7 @@ impl LoopBase {
     fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,
+        when_is_int: bool,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
@@ -761,7 +786,11 @@ impl LoopBase {
             context,
             debug,
             queued,
-            TimerSpec { when, cancels },
+            TimerSpec {
+                when,
+                when_is_int,
+                cancels,
+            },
         )?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
         // asyncio's heap compares with `<`, so a NaN deadline pops at once; keep that.
