@@ -47,7 +47,7 @@ test-python:  ## pytest: a debug-mode pass of the behaviour tests, then everythi
 conformance:  ## CPython's test_asyncio on ferroloop, with per-module counts (also part of `make test`)
 	$(PYTHON) tests/conformance/run.py
 
-libraries: deps build  ## anyio's, httpx's and uvicorn's own test suites on ferroloop and on asyncio, compared (downloads them)
+libraries: deps build  ## anyio's, httpx's, uvicorn's, aiohttp's, redis-py's and asyncpg's own suites on ferroloop and on asyncio, compared (downloads them)
 	$(PYTHON) tests/libraries/run.py
 
 stubtest:  ## check the hand-written .pyi stubs against the built native module
