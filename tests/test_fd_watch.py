@@ -540,6 +540,27 @@ def test_remove_negative_fd_raises_value_error(loop, method):
         getattr(loop, method)(-1)
 
 
+@pytest.mark.parametrize("fd", [-(2**70), -(2**40)], ids=["beyond-64-bits", "beyond-32-bits"])
+@pytest.mark.parametrize("method", ["add_reader", "add_writer", "remove_reader", "remove_writer"])
+def test_hugely_negative_fd_raises_value_error(loop, method, fd):
+    args = (lambda: None,) if method.startswith("add") else ()
+    with pytest.raises(ValueError, match="Invalid file descriptor"):
+        getattr(loop, method)(fd, *args)
+
+
+@pytest.mark.parametrize("fd", [2**70, 2**40], ids=["beyond-64-bits", "beyond-32-bits"])
+@pytest.mark.parametrize("method", ["add_reader", "add_writer"])
+def test_fd_too_large_to_register_raises_overflow_error(loop, method, fd):
+    with pytest.raises(OverflowError):
+        getattr(loop, method)(fd, lambda: None)
+
+
+@pytest.mark.parametrize("fd", [2**70, 2**40], ids=["beyond-64-bits", "beyond-32-bits"])
+@pytest.mark.parametrize("method", ["remove_reader", "remove_writer"])
+def test_removing_an_fd_too_large_to_register_finds_nothing(loop, method, fd):
+    assert getattr(loop, method)(fd) is False
+
+
 @pytest.mark.parametrize("method", ["add_reader", "add_writer"])
 def test_fileobj_returning_negative_fd_raises_value_error(loop, method):
     with pytest.raises(ValueError):

@@ -129,6 +129,13 @@ def test_sock_recv_data_already_available(loop, socks):
     assert run(loop, loop.sock_recv(a, 100)) == b"ready"
 
 
+def test_sock_recv_of_zero_bytes_returns_empty_without_waiting(loop, socks):
+    # socket.recv(0) answers b'' at once; on an empty Unix socket the kernel itself would say
+    # "try again" forever.
+    a, _b = socks.pair()
+    assert run(loop, asyncio.wait_for(loop.sock_recv(a, 0), 5)) == b""
+
+
 def test_sock_recv_waits_for_data(loop, socks):
     a, b = socks.pair()
 

@@ -23,7 +23,7 @@ use crate::timers::TimerHeap;
 pub(crate) use fast_calls::install as install_fast_calls;
 use fd_watch::FdWatches;
 pub(crate) use fd_watch::Side;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{intern, PyTraverseError, PyTypeInfo, PyVisit};
@@ -75,9 +75,12 @@ fn current_thread() -> u64 {
 }
 
 /// asyncio's `selectors._fileobj_to_fd`: an int, or an object whose `fileno()` gives one.
-fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    let fd: i64 = if obj.is_instance_of::<PyInt>() {
-        obj.extract()?
+/// `Ok(None)` for a number too large to be an fd: no registration can have it (asyncio's selector
+/// raises `OverflowError` registering it and finds nothing removing it).
+fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = obj.py();
+    let number = if obj.is_instance_of::<PyInt>() {
+        obj.clone()
     } else {
         let invalid = || {
             PyValueError::new_err(format!(
@@ -85,10 +88,10 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
                 obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())
             ))
         };
-        let fileno = obj.call_method0(intern!(obj.py(), "fileno")).map_err(|e| {
-            if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(obj.py())
-                || e.is_instance_of::<PyTypeError>(obj.py())
-                || e.is_instance_of::<PyValueError>(obj.py())
+        let fileno = obj.call_method0(intern!(py, "fileno")).map_err(|e| {
+            if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
+                || e.is_instance_of::<PyTypeError>(py)
+                || e.is_instance_of::<PyValueError>(py)
             {
                 invalid()
             } else {
@@ -96,15 +99,17 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             }
         })?;
         // int(), as asyncio's selectors do (a float fileno() is accepted there).
-        PyInt::type_object(obj.py())
-            .call1((fileno,))
-            .and_then(|v| v.extract())
-            .map_err(|_| invalid())?
+        PyInt::type_object(py).call1((fileno,)).map_err(|_| invalid())?
     };
-    if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    if number.lt(0)? {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {number}")));
     }
-    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+    Ok(number.extract::<RawFd>().ok())
+}
+
+/// An fd to register: as [`fileobj_to_fd`], with asyncio's error for a number too large.
+fn fd_to_register(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    fileobj_to_fd(obj)?.ok_or_else(|| PyOverflowError::new_err("Python int too large to convert to C int"))
 }
 
 /// asyncio's `_check_callback`, except that non-callables are refused in every mode, not only in
@@ -206,7 +211,7 @@ impl LoopBase {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        let fd_number = fileobj_to_fd(fd)?;
+        let fd_number = fd_to_register(fd)?;
         let fileobj = (!fd.is_instance_of::<PyInt>()).then(|| fd.clone().unbind());
         LoopBase::watch_fd(slf, fd_number, side, callback, args, fileobj)
     }
@@ -277,7 +282,8 @@ impl LoopBase {
             return Ok(false);
         }
         let fd = match fileobj_to_fd(fd) {
-            Ok(fd) => fd,
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Ok(false),
             // A file object whose `fileno()` is no longer valid (a socket closed while watched):
             // its registration is found by identity, as asyncio's selector finds it.
             Err(err) if err.is_instance_of::<PyValueError>(slf.py()) => match slf.borrow().watches.find_fileobj(fd) {
@@ -471,7 +477,9 @@ impl LoopBase {
 
     /// Whether `fd` has a reader (`Some(handle)` when it has).
     fn _get_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
-        let fd = fileobj_to_fd(fd)?;
+        let Some(fd) = fileobj_to_fd(fd)? else {
+            return Ok(None);
+        };
         Ok(self
             .watches
             .get(fd)
@@ -480,7 +488,9 @@ impl LoopBase {
     }
 
     fn _get_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
-        let fd = fileobj_to_fd(fd)?;
+        let Some(fd) = fileobj_to_fd(fd)? else {
+            return Ok(None);
+        };
         Ok(self
             .watches
             .get(fd)

@@ -26,6 +26,11 @@ use std::os::fd::RawFd;
 
 /// One `recv()` of at most `n` bytes: `Ok(None)` when the socket has nothing yet.
 fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, PyBytes>>> {
+    // `socket.recv(0)` answers b'' without a syscall; the kernel would say EAGAIN on an empty
+    // Unix socket (its low-water mark is at least one byte), and the wait would never end.
+    if n == 0 {
+        return Ok(Some(PyBytes::new(py, b"")));
+    }
     let outcome = if n <= MAX_READ {
         with_read_buffer(|buf| recv_into(fd, &mut buf[..n]).map(|got| PyBytes::new(py, &buf[..got])))
     } else {

@@ -1,0 +1,157 @@
+"""Bad arguments get the exception asyncio raises: each loop method is called with odd values on
+a fresh stdlib loop (the oracle) and a fresh ferroloop loop, and the outcomes (the exception type,
+or none) must match, apart from the differences the README lists as deliberate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import warnings
+from typing import Any, Callable
+
+import ferroloop
+import pytest
+
+BAD_VALUES: list[Any] = [
+    None,
+    -1,
+    0,
+    2**70,
+    -(2**70),
+    2**40,
+    "x",
+    b"x",
+    1.5,
+    float("nan"),
+    float("inf"),
+    object(),
+    [],
+    True,
+    lambda: None,
+]
+
+
+def _callback(*_args: object) -> None:
+    pass
+
+
+def _value_id(value: Any) -> str:
+    return "<lambda>" if callable(value) and not isinstance(value, type) else repr(value)
+
+
+# method -> how to call it with the bad value `v` on loop `lp` (and, for the sock_* calls, a
+# connected non-blocking socket `s`).
+CALLS: dict[str, Callable[..., Any]] = {
+    "call_later(v, cb)": lambda lp, s, v: lp.call_later(v, _callback),
+    "call_soon(cb, context=v)": lambda lp, s, v: lp.call_soon(_callback, context=v),
+    "add_reader(v, cb)": lambda lp, s, v: lp.add_reader(v, _callback),
+    "add_writer(v, cb)": lambda lp, s, v: lp.add_writer(v, _callback),
+    "remove_reader(v)": lambda lp, s, v: lp.remove_reader(v),
+    "remove_writer(v)": lambda lp, s, v: lp.remove_writer(v),
+    "set_debug(v)": lambda lp, s, v: lp.set_debug(v),
+    "set_exception_handler(v)": lambda lp, s, v: lp.set_exception_handler(v),
+    "set_task_factory(v)": lambda lp, s, v: lp.set_task_factory(v),
+    "create_task(v)": lambda lp, s, v: lp.create_task(v),
+    "run_until_complete(v)": lambda lp, s, v: lp.run_until_complete(v),
+    "run_in_executor(None, v)": lambda lp, s, v: lp.run_in_executor(None, v),
+    "set_default_executor(v)": lambda lp, s, v: lp.set_default_executor(v),
+    "add_signal_handler(v, cb)": lambda lp, s, v: lp.add_signal_handler(v, _callback),
+    "remove_signal_handler(v)": lambda lp, s, v: lp.remove_signal_handler(v),
+    "getaddrinfo(v, 80)": lambda lp, s, v: lp.getaddrinfo(v, 80),
+    "getaddrinfo('127.0.0.1', v)": lambda lp, s, v: lp.getaddrinfo("127.0.0.1", v),
+    "getnameinfo(v)": lambda lp, s, v: lp.getnameinfo(v),
+    "sock_recv(v, 10)": lambda lp, s, v: lp.sock_recv(v, 10),
+    "sock_sendall(v, b'x')": lambda lp, s, v: lp.sock_sendall(v, b"x"),
+    "sock_accept(v)": lambda lp, s, v: lp.sock_accept(v),
+    "sock_recv(s, v)": lambda lp, s, v: lp.sock_recv(s, v),
+    "sock_recv_into(s, v)": lambda lp, s, v: lp.sock_recv_into(s, v),
+    "sock_sendall(s, v)": lambda lp, s, v: lp.sock_sendall(s, v),
+    "sock_recvfrom(s, v)": lambda lp, s, v: lp.sock_recvfrom(s, v),
+    "sock_sendto(s, b'x', v)": lambda lp, s, v: lp.sock_sendto(s, b"x", v),
+    "create_connection(P, v, 9)": lambda lp, s, v: lp.create_connection(asyncio.Protocol, v, 9),
+    "create_connection(P, '127.0.0.1', v)": lambda lp, s, v: lp.create_connection(asyncio.Protocol, "127.0.0.1", v),
+    "create_server(P, '127.0.0.1', v)": lambda lp, s, v: lp.create_server(asyncio.Protocol, "127.0.0.1", v),
+    "create_datagram_endpoint(P, local_addr=v)": lambda lp, s, v: lp.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=v
+    ),
+    "subprocess_exec(P, v)": lambda lp, s, v: lp.subprocess_exec(asyncio.SubprocessProtocol, v),
+}
+
+# Deliberate differences (README, "Differences from asyncio"): ferroloop refuses at once what
+# asyncio stores and fails on later, inside the loop.
+DELIBERATE: dict[str, tuple[Callable[..., Any], Callable[[Any], bool]]] = {
+    "call_soon(v)": (lambda lp, s, v: lp.call_soon(v), lambda v: not callable(v)),
+    "call_at(v, cb)": (
+        lambda lp, s, v: lp.call_at(v, _callback),
+        lambda v: v is not None and not isinstance(v, (int, float)),
+    ),
+    "slow_callback_duration = v": (
+        lambda lp, s, v: setattr(lp, "slow_callback_duration", v),
+        lambda v: not isinstance(v, (int, float)),
+    ),
+}
+
+
+def _let_go(loop: asyncio.AbstractEventLoop, result: Any) -> None:
+    """Closes what a call that took its odd argument made: a server, a (transport, protocol)
+    pair, a handle."""
+    if isinstance(result, asyncio.AbstractServer):
+        result.close()
+        loop.run_until_complete(result.wait_closed())
+    elif isinstance(result, tuple) and result and isinstance(result[0], asyncio.BaseTransport):
+        result[0].close()
+        loop.run_until_complete(asyncio.sleep(0))
+    elif hasattr(result, "cancel"):
+        result.cancel()
+
+
+def _outcome(new_loop: Callable[[], asyncio.AbstractEventLoop], call: Callable[..., Any], value: Any) -> str:
+    """The exception type `call` raises on a fresh loop (awaiting what it returns), or "ok"."""
+    loop = new_loop()
+    sock, peer = socket.socketpair()
+    sock.setblocking(False)
+    try:
+        with warnings.catch_warnings():
+            # Never-awaited coroutines and the like: the same on both loops, and not the point.
+            warnings.simplefilter("ignore")
+            try:
+                result = call(loop, sock, value)
+                if asyncio.isfuture(result) or asyncio.iscoroutine(result) or hasattr(result, "__await__"):
+                    result = loop.run_until_complete(asyncio.wait_for(asyncio.ensure_future(result, loop=loop), 0.5))
+            except BaseException as exc:  # the exception type is the outcome
+                return type(exc).__name__
+            _let_go(loop, result)
+            return "ok"
+    finally:
+        sock.close()
+        peer.close()
+        with contextlib.suppress(Exception):
+            loop.set_task_factory(None)
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+@pytest.mark.parametrize("method", list(CALLS))
+def test_bad_argument_gets_the_exception_asyncio_raises(method):
+    call = CALLS[method]
+    mismatches = []
+    for value in BAD_VALUES:
+        expected = _outcome(asyncio.new_event_loop, call, value)
+        got = _outcome(ferroloop.new_event_loop, call, value)
+        if got != expected:
+            mismatches.append(f"{method} with v={_value_id(value)}: asyncio {expected}, ferroloop {got}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+@pytest.mark.parametrize("method", list(DELIBERATE))
+def test_deliberately_early_type_error_for_a_bad_argument(method):
+    call, refused = DELIBERATE[method]
+    mismatches = []
+    for value in BAD_VALUES:
+        expected = "TypeError" if refused(value) else _outcome(asyncio.new_event_loop, call, value)
+        got = _outcome(ferroloop.new_event_loop, call, value)
+        if got != expected:
+            mismatches.append(f"{method} with v={_value_id(value)}: expected {expected}, ferroloop {got}")
+    assert not mismatches, "\n".join(mismatches)
