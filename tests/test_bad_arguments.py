@@ -1,11 +1,13 @@
-"""Bad arguments get the exception asyncio raises: each loop method is called with odd values on
-a fresh stdlib loop (the oracle) and a fresh ferroloop loop, and the outcomes (the exception type,
-or none) must match, apart from the differences the README lists as deliberate."""
+"""Bad arguments get the exception asyncio raises: each loop method, and each transport method
+that takes an argument, is called with odd values on a fresh stdlib loop (the oracle) and a fresh
+ferroloop loop, and the outcomes (the exception type, or none) must match, apart from the
+differences the README lists as deliberate."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import warnings
 from typing import Any, Callable
@@ -154,4 +156,92 @@ def test_deliberately_early_type_error_for_a_bad_argument(method):
         got = _outcome(ferroloop.new_event_loop, call, value)
         if got != expected:
             mismatches.append(f"{method} with v={_value_id(value)}: expected {expected}, ferroloop {got}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+# -- transports --------------------------------------------------------------------------------
+
+
+async def _stream(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.BaseTransport, list[Any]]:
+    sock, peer = socket.socketpair()
+    transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+    return transport, [peer]
+
+
+async def _datagram(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.BaseTransport, list[Any]]:
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    return transport, []
+
+
+async def _write_pipe(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.BaseTransport, list[Any]]:
+    read_end, write_end = os.pipe()
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(write_end, "wb", 0))
+    return transport, [os.fdopen(read_end, "rb", 0)]
+
+
+async def _read_pipe(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.BaseTransport, list[Any]]:
+    read_end, write_end = os.pipe()
+    transport, _ = await loop.connect_read_pipe(asyncio.Protocol, os.fdopen(read_end, "rb", 0))
+    return transport, [os.fdopen(write_end, "wb", 0)]
+
+
+# case -> (how to make the transport, how to call it with the bad value `v` on transport `tr`)
+TRANSPORT_CALLS: dict[str, tuple[Callable[..., Any], Callable[[Any, Any], Any]]] = {
+    "stream.write(v)": (_stream, lambda tr, v: tr.write(v)),
+    "stream.writelines(v)": (_stream, lambda tr, v: tr.writelines(v)),
+    "stream.writelines([v])": (_stream, lambda tr, v: tr.writelines([v])),
+    "stream.set_write_buffer_limits(high=v)": (_stream, lambda tr, v: tr.set_write_buffer_limits(high=v)),
+    "stream.set_write_buffer_limits(low=v)": (_stream, lambda tr, v: tr.set_write_buffer_limits(low=v)),
+    "stream.set_write_buffer_limits(v, v)": (_stream, lambda tr, v: tr.set_write_buffer_limits(v, v)),
+    "stream.get_extra_info(v)": (_stream, lambda tr, v: tr.get_extra_info(v)),
+    "stream.set_protocol(v)": (_stream, lambda tr, v: tr.set_protocol(v)),
+    "datagram.sendto(v, addr)": (_datagram, lambda tr, v: tr.sendto(v, ("127.0.0.1", 9))),
+    "datagram.sendto(b'x', v)": (_datagram, lambda tr, v: tr.sendto(b"x", v)),
+    "datagram.set_write_buffer_limits(high=v)": (_datagram, lambda tr, v: tr.set_write_buffer_limits(high=v)),
+    "write_pipe.write(v)": (_write_pipe, lambda tr, v: tr.write(v)),
+    "write_pipe.writelines([v])": (_write_pipe, lambda tr, v: tr.writelines([v])),
+    "write_pipe.set_write_buffer_limits(high=v)": (_write_pipe, lambda tr, v: tr.set_write_buffer_limits(high=v)),
+    "read_pipe.get_extra_info(v)": (_read_pipe, lambda tr, v: tr.get_extra_info(v)),
+}
+
+
+def _transport_outcome(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    make: Callable[..., Any],
+    call: Callable[[Any, Any], Any],
+    value: Any,
+) -> str:
+    """The exception type `call` raises on a fresh transport of a fresh loop, or "ok"."""
+    loop = new_loop()
+
+    async def main() -> str:
+        transport, others = await make(loop)
+        try:
+            try:
+                call(transport, value)
+                await asyncio.sleep(0)
+            except BaseException as exc:  # the exception type is the outcome
+                return type(exc).__name__
+            return "ok"
+        finally:
+            transport.close()
+            await asyncio.sleep(0.01)
+            for other in others:
+                other.close()
+
+    try:
+        return loop.run_until_complete(asyncio.wait_for(main(), 5))
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("case", list(TRANSPORT_CALLS))
+def test_bad_argument_to_a_transport_gets_the_exception_asyncio_raises(case):
+    make, call = TRANSPORT_CALLS[case]
+    mismatches = []
+    for value in BAD_VALUES:
+        expected = _transport_outcome(asyncio.new_event_loop, make, call, value)
+        got = _transport_outcome(ferroloop.new_event_loop, make, call, value)
+        if got != expected:
+            mismatches.append(f"{case} with v={_value_id(value)}: asyncio {expected}, ferroloop {got}")
     assert not mismatches, "\n".join(mismatches)

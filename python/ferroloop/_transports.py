@@ -32,15 +32,20 @@ if TYPE_CHECKING:
     from .loop import Loop
 
 
-def _water_marks(high: int | None, low: int | None) -> tuple[int, int]:
-    """asyncio's defaults and checks for `set_write_buffer_limits()`."""
+# The largest water mark the native cores store; a larger one (or infinity) is never reached.
+_MAX_MARK = 2**63 - 1
+
+
+def _water_marks(high: float | None, low: float | None) -> tuple[int, int]:
+    """asyncio's defaults and checks for `set_write_buffer_limits()`. asyncio takes any real
+    numbers; buffer sizes are whole, so a mark rounded down (and capped) compares the same."""
     if high is None:
         high = 64 * 1024 if low is None else 4 * low
     if low is None:
         low = high // 4
     if not high >= low >= 0:
         raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-    return high, low
+    return int(min(high, _MAX_MARK)), int(min(low, _MAX_MARK))
 
 
 # Addresses are kept per connection as extra info, and a server's connections mostly share their
@@ -49,6 +54,10 @@ def _water_marks(high: int | None, low: int | None) -> tuple[int, int]:
 # server with many local addresses cannot grow it without limit.
 _SHARED_ADDRESSES: dict[Any, Any] = {}
 _SHARED_ADDRESSES_MAX = 256
+
+
+# The extra info a socket transport makes only when asked (see `get_extra_info`).
+_LAZY_EXTRA = frozenset({"socket", "sockname", "peername"})
 
 
 def _shared_address(address: Any) -> Any:
@@ -188,7 +197,7 @@ class _WriteSide(_NativeTransport):
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._core.get_write_buffer_limits()
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+    def set_write_buffer_limits(self, high: float | None = None, low: float | None = None) -> None:
         self._core._set_write_buffer_limits(*_water_marks(high, low))
 
     @property
@@ -273,6 +282,9 @@ class _CoreTransport(_ReadSide, _WriteSide, transports._FlowControlMixin):
         extra = self._extra_dict
         if extra is not None:
             return extra.get(name, default)
+        # A set lookup, so an unhashable name raises TypeError as asyncio's dict lookup does.
+        if name not in _LAZY_EXTRA:
+            return default
         if name == "socket":
             return self._transport_socket()
         if name == "sockname":
