@@ -1,5 +1,5 @@
-"""Bad arguments get the exception asyncio raises: each loop method, and each transport method
-that takes an argument, is called with odd values on a fresh stdlib loop (the oracle) and a fresh
+"""Bad arguments get the exception asyncio raises: loop methods, and the transport methods that
+take an argument, are called with odd values on a fresh stdlib loop (the oracle) and a fresh
 ferroloop loop, and the outcomes (the exception type, or none) must match, apart from the
 differences the README lists as deliberate."""
 
@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
+import ssl
+import tempfile
 import warnings
 from typing import Any, Callable
 
@@ -159,7 +162,7 @@ def test_deliberately_early_type_error_for_a_bad_argument(method):
     assert not mismatches, "\n".join(mismatches)
 
 
-# -- transports --------------------------------------------------------------------------------
+# -- calls on a running loop, with a transport and a socket to hand -----------------------------
 
 
 async def _stream(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.BaseTransport, list[Any]]:
@@ -185,63 +188,146 @@ async def _read_pipe(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.BaseTrans
     return transport, [os.fdopen(write_end, "wb", 0)]
 
 
-# case -> (how to make the transport, how to call it with the bad value `v` on transport `tr`)
-TRANSPORT_CALLS: dict[str, tuple[Callable[..., Any], Callable[[Any, Any], Any]]] = {
-    "stream.write(v)": (_stream, lambda tr, v: tr.write(v)),
-    "stream.writelines(v)": (_stream, lambda tr, v: tr.writelines(v)),
-    "stream.writelines([v])": (_stream, lambda tr, v: tr.writelines([v])),
-    "stream.set_write_buffer_limits(high=v)": (_stream, lambda tr, v: tr.set_write_buffer_limits(high=v)),
-    "stream.set_write_buffer_limits(low=v)": (_stream, lambda tr, v: tr.set_write_buffer_limits(low=v)),
-    "stream.set_write_buffer_limits(v, v)": (_stream, lambda tr, v: tr.set_write_buffer_limits(v, v)),
-    "stream.get_extra_info(v)": (_stream, lambda tr, v: tr.get_extra_info(v)),
-    "stream.set_protocol(v)": (_stream, lambda tr, v: tr.set_protocol(v)),
-    "datagram.sendto(v, addr)": (_datagram, lambda tr, v: tr.sendto(v, ("127.0.0.1", 9))),
-    "datagram.sendto(b'x', v)": (_datagram, lambda tr, v: tr.sendto(b"x", v)),
-    "datagram.set_write_buffer_limits(high=v)": (_datagram, lambda tr, v: tr.set_write_buffer_limits(high=v)),
-    "write_pipe.write(v)": (_write_pipe, lambda tr, v: tr.write(v)),
-    "write_pipe.writelines([v])": (_write_pipe, lambda tr, v: tr.writelines([v])),
-    "write_pipe.set_write_buffer_limits(high=v)": (_write_pipe, lambda tr, v: tr.set_write_buffer_limits(high=v)),
-    "read_pipe.get_extra_info(v)": (_read_pipe, lambda tr, v: tr.get_extra_info(v)),
+_FILES: list[Any] = []
+
+
+def _a_file() -> Any:
+    """A readable regular file of 1000 bytes, deleted once closed (by `_live_outcome`)."""
+    file = tempfile.TemporaryFile()
+    _FILES.append(file)
+    file.write(b"x" * 1000)
+    file.seek(0)
+    return file
+
+
+def _task(loop: asyncio.AbstractEventLoop, **kwargs: Any) -> asyncio.Task[None]:
+    """`create_task(asyncio.sleep(0), **kwargs)`, closing the coroutine if that raises."""
+    coro = asyncio.sleep(0)
+    try:
+        return loop.create_task(coro, **kwargs)
+    except BaseException:
+        coro.close()
+        raise
+
+
+# case -> (how to make the transport `tr`, how to call with the bad value `v`, given the loop `lp`,
+# `tr` and a connected non-blocking socket `s`)
+LIVE_CALLS: dict[str, tuple[Callable[..., Any], Callable[[Any, Any, Any, Any], Any]]] = {
+    "stream.write(v)": (_stream, lambda lp, tr, s, v: tr.write(v)),
+    "stream.writelines(v)": (_stream, lambda lp, tr, s, v: tr.writelines(v)),
+    "stream.writelines([v])": (_stream, lambda lp, tr, s, v: tr.writelines([v])),
+    "stream.set_write_buffer_limits(high=v)": (_stream, lambda lp, tr, s, v: tr.set_write_buffer_limits(high=v)),
+    "stream.set_write_buffer_limits(low=v)": (_stream, lambda lp, tr, s, v: tr.set_write_buffer_limits(low=v)),
+    "stream.set_write_buffer_limits(v, v)": (_stream, lambda lp, tr, s, v: tr.set_write_buffer_limits(v, v)),
+    "stream.get_extra_info(v)": (_stream, lambda lp, tr, s, v: tr.get_extra_info(v)),
+    "stream.set_protocol(v)": (_stream, lambda lp, tr, s, v: tr.set_protocol(v)),
+    "datagram.sendto(v, addr)": (_datagram, lambda lp, tr, s, v: tr.sendto(v, ("127.0.0.1", 9))),
+    "datagram.sendto(b'x', v)": (_datagram, lambda lp, tr, s, v: tr.sendto(b"x", v)),
+    "datagram.set_write_buffer_limits(high=v)": (_datagram, lambda lp, tr, s, v: tr.set_write_buffer_limits(high=v)),
+    "write_pipe.write(v)": (_write_pipe, lambda lp, tr, s, v: tr.write(v)),
+    "write_pipe.writelines([v])": (_write_pipe, lambda lp, tr, s, v: tr.writelines([v])),
+    "write_pipe.set_write_buffer_limits(high=v)": (
+        _write_pipe,
+        lambda lp, tr, s, v: tr.set_write_buffer_limits(high=v),
+    ),
+    "read_pipe.get_extra_info(v)": (_read_pipe, lambda lp, tr, s, v: tr.get_extra_info(v)),
+    "sendfile(tr, v)": (_stream, lambda lp, tr, s, v: lp.sendfile(tr, v)),
+    "sendfile(tr, file, offset=v)": (_stream, lambda lp, tr, s, v: lp.sendfile(tr, _a_file(), offset=v)),
+    "sendfile(tr, file, count=v)": (_stream, lambda lp, tr, s, v: lp.sendfile(tr, _a_file(), count=v)),
+    "sendfile(v, file)": (_stream, lambda lp, tr, s, v: lp.sendfile(v, _a_file())),
+    "sock_sendfile(s, v)": (_stream, lambda lp, tr, s, v: lp.sock_sendfile(s, v)),
+    "sock_sendfile(s, file, v)": (_stream, lambda lp, tr, s, v: lp.sock_sendfile(s, _a_file(), v)),
+    "sock_sendfile(s, file, 0, v)": (_stream, lambda lp, tr, s, v: lp.sock_sendfile(s, _a_file(), 0, v)),
+    "start_tls(tr, P, v)": (_stream, lambda lp, tr, s, v: lp.start_tls(tr, asyncio.Protocol(), v)),
+    "start_tls(v, P, ctx)": (
+        _stream,
+        lambda lp, tr, s, v: lp.start_tls(v, asyncio.Protocol(), ssl.create_default_context()),
+    ),
+    "create_unix_connection(P, v)": (_stream, lambda lp, tr, s, v: lp.create_unix_connection(asyncio.Protocol, v)),
+    "create_unix_server(P, v)": (_stream, lambda lp, tr, s, v: lp.create_unix_server(asyncio.Protocol, v)),
+    "subprocess_shell(P, v)": (_stream, lambda lp, tr, s, v: lp.subprocess_shell(asyncio.SubprocessProtocol, v)),
+    "connect_accepted_socket(P, v)": (
+        _stream,
+        lambda lp, tr, s, v: lp.connect_accepted_socket(asyncio.Protocol, v),
+    ),
+    "create_connection(P, sock=v)": (_stream, lambda lp, tr, s, v: lp.create_connection(asyncio.Protocol, sock=v)),
+    "create_server(P, sock=v)": (_stream, lambda lp, tr, s, v: lp.create_server(asyncio.Protocol, sock=v)),
+    "run_in_executor(v, func)": (_stream, lambda lp, tr, s, v: lp.run_in_executor(v, print)),
+    "getaddrinfo(host, 80, family=v)": (_stream, lambda lp, tr, s, v: lp.getaddrinfo("127.0.0.1", 80, family=v)),
+    "add_signal_handler(SIGUSR1, v)": (_stream, lambda lp, tr, s, v: lp.add_signal_handler(signal.SIGUSR1, v)),
+    "create_task(coro, name=v)": (_stream, lambda lp, tr, s, v: _task(lp, name=v)),
+    "call_later(0, cb, context=v)": (_stream, lambda lp, tr, s, v: lp.call_later(0, _callback, context=v)),
+    "open_connection(sock=s, limit=v)": (_stream, lambda lp, tr, s, v: asyncio.open_connection(sock=s, limit=v)),
+    "sock_recvfrom_into(s, buf, v)": (_stream, lambda lp, tr, s, v: lp.sock_recvfrom_into(s, bytearray(4), v)),
+    "sock_recv_into(s, v)": (_stream, lambda lp, tr, s, v: lp.sock_recv_into(s, v)),
 }
 
 
-def _transport_outcome(
+async def _let_go_async(result: Any) -> None:
+    """`_let_go` inside the running loop."""
+    if isinstance(result, asyncio.AbstractServer):
+        result.close()
+        await result.wait_closed()
+    elif isinstance(result, tuple) and result and isinstance(result[0], asyncio.BaseTransport):
+        result[0].close()
+    elif isinstance(result, tuple) and result and isinstance(result[1], asyncio.StreamWriter):
+        result[1].close()
+    elif hasattr(result, "cancel"):
+        result.cancel()
+
+
+def _live_outcome(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
     make: Callable[..., Any],
-    call: Callable[[Any, Any], Any],
+    call: Callable[[Any, Any, Any, Any], Any],
     value: Any,
 ) -> str:
-    """The exception type `call` raises on a fresh transport of a fresh loop, or "ok"."""
+    """The exception type `call` raises (awaiting what it returns) inside a fresh running loop,
+    with a fresh transport and socket pair, or "ok"."""
     loop = new_loop()
+    asyncio.set_event_loop(loop)  # for asyncio.open_connection
 
     async def main() -> str:
         transport, others = await make(loop)
+        sock, peer = socket.socketpair()
+        sock.setblocking(False)
         try:
-            try:
-                call(transport, value)
-                await asyncio.sleep(0)
-            except BaseException as exc:  # the exception type is the outcome
-                return type(exc).__name__
-            return "ok"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    result = call(loop, transport, sock, value)
+                    if asyncio.isfuture(result) or asyncio.iscoroutine(result) or hasattr(result, "__await__"):
+                        result = await asyncio.wait_for(result, 0.5)
+                    await asyncio.sleep(0)
+                except BaseException as exc:  # the exception type is the outcome
+                    return type(exc).__name__
+                await _let_go_async(result)
+                return "ok"
         finally:
             transport.close()
+            sock.close()
+            peer.close()
             await asyncio.sleep(0.01)
-            for other in others:
+            for other in [*others, *_FILES]:
                 other.close()
+            _FILES.clear()
 
     try:
         return loop.run_until_complete(asyncio.wait_for(main(), 5))
     finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
+        asyncio.set_event_loop(None)
 
 
-@pytest.mark.parametrize("case", list(TRANSPORT_CALLS))
-def test_bad_argument_to_a_transport_gets_the_exception_asyncio_raises(case):
-    make, call = TRANSPORT_CALLS[case]
+@pytest.mark.parametrize("case", list(LIVE_CALLS))
+def test_bad_argument_on_a_running_loop_gets_the_exception_asyncio_raises(case):
+    make, call = LIVE_CALLS[case]
     mismatches = []
     for value in BAD_VALUES:
-        expected = _transport_outcome(asyncio.new_event_loop, make, call, value)
-        got = _transport_outcome(ferroloop.new_event_loop, make, call, value)
+        expected = _live_outcome(asyncio.new_event_loop, make, call, value)
+        got = _live_outcome(ferroloop.new_event_loop, make, call, value)
         if got != expected:
             mismatches.append(f"{case} with v={_value_id(value)}: asyncio {expected}, ferroloop {got}")
     assert not mismatches, "\n".join(mismatches)
