@@ -98,15 +98,19 @@ DELIBERATE: dict[str, tuple[Callable[..., Any], Callable[[Any], bool]]] = {
 }
 
 
-def _let_go(loop: asyncio.AbstractEventLoop, result: Any) -> None:
-    """Closes what a call that took its odd argument made: a server, a (transport, protocol)
-    pair, a handle."""
+async def _settle(result: Any) -> None:
+    """Awaits what a call returned, if it is awaitable (half a second at most), then closes what
+    the call made: a server, a connection, a handle or task."""
+    if asyncio.isfuture(result) or asyncio.iscoroutine(result) or hasattr(result, "__await__"):
+        result = await asyncio.wait_for(result, 0.5)
+    await asyncio.sleep(0)
     if isinstance(result, asyncio.AbstractServer):
         result.close()
-        loop.run_until_complete(result.wait_closed())
+        await result.wait_closed()
     elif isinstance(result, tuple) and result and isinstance(result[0], asyncio.BaseTransport):
         result[0].close()
-        loop.run_until_complete(asyncio.sleep(0))
+    elif isinstance(result, tuple) and result and isinstance(result[1], asyncio.StreamWriter):
+        result[1].close()
     elif hasattr(result, "cancel"):
         result.cancel()
 
@@ -121,12 +125,9 @@ def _outcome(new_loop: Callable[[], asyncio.AbstractEventLoop], call: Callable[.
             # Never-awaited coroutines and the like: the same on both loops, and not the point.
             warnings.simplefilter("ignore")
             try:
-                result = call(loop, sock, value)
-                if asyncio.isfuture(result) or asyncio.iscoroutine(result) or hasattr(result, "__await__"):
-                    result = loop.run_until_complete(asyncio.wait_for(asyncio.ensure_future(result, loop=loop), 0.5))
+                loop.run_until_complete(_settle(call(loop, sock, value)))
             except BaseException as exc:  # the exception type is the outcome
                 return type(exc).__name__
-            _let_go(loop, result)
             return "ok"
     finally:
         sock.close()
@@ -263,19 +264,6 @@ LIVE_CALLS: dict[str, tuple[Callable[..., Any], Callable[[Any, Any, Any, Any], A
 }
 
 
-async def _let_go_async(result: Any) -> None:
-    """`_let_go` inside the running loop."""
-    if isinstance(result, asyncio.AbstractServer):
-        result.close()
-        await result.wait_closed()
-    elif isinstance(result, tuple) and result and isinstance(result[0], asyncio.BaseTransport):
-        result[0].close()
-    elif isinstance(result, tuple) and result and isinstance(result[1], asyncio.StreamWriter):
-        result[1].close()
-    elif hasattr(result, "cancel"):
-        result.cancel()
-
-
 def _live_outcome(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
     make: Callable[..., Any],
@@ -295,13 +283,9 @@ def _live_outcome(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
-                    result = call(loop, transport, sock, value)
-                    if asyncio.isfuture(result) or asyncio.iscoroutine(result) or hasattr(result, "__await__"):
-                        result = await asyncio.wait_for(result, 0.5)
-                    await asyncio.sleep(0)
+                    await _settle(call(loop, transport, sock, value))
                 except BaseException as exc:  # the exception type is the outcome
                     return type(exc).__name__
-                await _let_go_async(result)
                 return "ok"
         finally:
             transport.close()
