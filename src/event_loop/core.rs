@@ -136,12 +136,12 @@ impl LoopBase {
     }
 }
 
-/// Runs one turn of the loop.
 /// `self.time()`, for a loop whose `time()` is overridden.
 fn loop_time(slf: &Bound<'_, LoopBase>) -> PyResult<f64> {
     LoopBase::now(slf)?.extract()
 }
 
+/// Runs one turn of the loop.
 pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     let py = slf.py();
     if slf.borrow().ready.is_empty() {
