@@ -115,28 +115,37 @@ async def _settle(result: Any) -> None:
         result.cancel()
 
 
+def _capture(attempt: Callable[[], object]) -> str:
+    """The type name of the exception `attempt()` raises, or "ok"."""
+    with warnings.catch_warnings():
+        # Never-awaited coroutines and the like: the same on both loops, and not the point.
+        warnings.simplefilter("ignore")
+        try:
+            attempt()
+        except BaseException as exc:  # the exception type is the outcome
+            return type(exc).__name__
+        return "ok"
+
+
 def _outcome(new_loop: Callable[[], asyncio.AbstractEventLoop], call: Callable[..., Any], value: Any) -> str:
-    """The exception type `call` raises on a fresh loop (awaiting what it returns), or "ok"."""
+    """The outcome of `call` (awaiting what it returns) on a fresh loop that is not running."""
     loop = new_loop()
     sock, peer = socket.socketpair()
     sock.setblocking(False)
     try:
-        with warnings.catch_warnings():
-            # Never-awaited coroutines and the like: the same on both loops, and not the point.
-            warnings.simplefilter("ignore")
-            try:
-                loop.run_until_complete(_settle(call(loop, sock, value)))
-            except BaseException as exc:  # the exception type is the outcome
-                return type(exc).__name__
-            return "ok"
+        return _capture(lambda: loop.run_until_complete(_settle(call(loop, sock, value))))
     finally:
         sock.close()
         peer.close()
         with contextlib.suppress(Exception):
             loop.set_task_factory(None)
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
+        _close(loop)
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    with contextlib.suppress(Exception):
+        loop.run_until_complete(loop.shutdown_default_executor())
+    loop.close()
 
 
 @pytest.mark.parametrize("method", list(CALLS))
@@ -270,38 +279,28 @@ def _live_outcome(
     call: Callable[[Any, Any, Any, Any], Any],
     value: Any,
 ) -> str:
-    """The exception type `call` raises (awaiting what it returns) inside a fresh running loop,
-    with a fresh transport and socket pair, or "ok"."""
+    """The outcome of `call` (awaiting what it returns) inside a fresh running loop, with a fresh
+    transport and socket pair."""
     loop = new_loop()
     asyncio.set_event_loop(loop)  # for asyncio.open_connection
+    transport, others = loop.run_until_complete(make(loop))
+    sock, peer = socket.socketpair()
+    sock.setblocking(False)
 
-    async def main() -> str:
-        transport, others = await make(loop)
-        sock, peer = socket.socketpair()
-        sock.setblocking(False)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    await _settle(call(loop, transport, sock, value))
-                except BaseException as exc:  # the exception type is the outcome
-                    return type(exc).__name__
-                return "ok"
-        finally:
-            transport.close()
-            sock.close()
-            peer.close()
-            await asyncio.sleep(0.01)
-            for other in [*others, *_FILES]:
-                other.close()
-            _FILES.clear()
+    async def attempt() -> None:
+        await _settle(call(loop, transport, sock, value))
 
     try:
-        return loop.run_until_complete(asyncio.wait_for(main(), 5))
+        return _capture(lambda: loop.run_until_complete(asyncio.wait_for(attempt(), 5)))
     finally:
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
+        transport.close()
+        sock.close()
+        peer.close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        for other in [*others, *_FILES]:
+            other.close()
+        _FILES.clear()
+        _close(loop)
         asyncio.set_event_loop(None)
 
 
