@@ -1,4 +1,6 @@
-//! Free lists for the objects the loop makes per callback: `Handle` and `TimerHandle`.
+//! Free lists for the objects the loop makes per callback: `Handle` and `TimerHandle`, and per
+//! `await` of a ferroloop task or future: the iterator it drives. (Objects with a finalizer
+//! cannot be recycled this way: see `crate::task`.)
 //!
 //! A handle lives for one turn of the loop, so reusing freed ones saves the allocator, the
 //! zeroing and the garbage collector's allocation count (which schedules young collections).
@@ -27,10 +29,15 @@ const CAPACITY: usize = 16384;
 /// What each list keeps once a loop has been idle (see [`trim`]).
 const IDLE_CAPACITY: usize = 1024;
 
+/// The most objects the list of `await` iterators keeps: they come and go with the tasks of a
+/// burst rather than with its callbacks.
+const TASK_CAPACITY: usize = 4096;
+
 struct FreeList {
     /// The exact type this list recycles (subclasses made in Python allocate as usual).
     ty: UnsafeCell<*mut ffi::PyTypeObject>,
     objects: UnsafeCell<Vec<*mut ffi::PyObject>>,
+    capacity: usize,
 }
 
 // SAFETY: every access happens in `install`, `alloc`, `free` or `trim`, all called with the GIL
@@ -38,17 +45,24 @@ struct FreeList {
 unsafe impl Sync for FreeList {}
 
 impl FreeList {
-    const fn new() -> Self {
+    const fn new(capacity: usize) -> Self {
         FreeList {
             ty: UnsafeCell::new(std::ptr::null_mut()),
             objects: UnsafeCell::new(Vec::new()),
+            capacity,
         }
     }
 }
 
-static LISTS: [FreeList; 2] = [FreeList::new(), FreeList::new()];
+static LISTS: [FreeList; 3] = [
+    FreeList::new(CAPACITY),
+    FreeList::new(CAPACITY),
+    FreeList::new(TASK_CAPACITY),
+];
 const HANDLE: usize = 0;
 const TIMER_HANDLE: usize = 1;
+/// The list of `crate::task`'s `await` iterator.
+pub const TASK_ITER: usize = 2;
 
 /// `tp_alloc` of a type with a free list.
 ///
@@ -84,7 +98,7 @@ unsafe extern "C" fn free<const LIST: usize>(obj: *mut std::ffi::c_void) {
     // SAFETY: as for `alloc`; the object's memory stays valid while it is in the list.
     unsafe {
         let objects = &mut *list.objects.get();
-        if std::ptr::eq(ffi::Py_TYPE(obj), *list.ty.get()) && objects.len() < CAPACITY {
+        if std::ptr::eq(ffi::Py_TYPE(obj), *list.ty.get()) && objects.len() < list.capacity {
             objects.push(obj);
         } else {
             ffi::PyObject_GC_Del(obj.cast());
@@ -122,10 +136,20 @@ pub fn trim(_py: Python<'_>) {
 
 /// Gives `T`'s type the free list `LIST`.
 fn install_for<T: PyTypeInfo, const LIST: usize>(py: Python<'_>) {
-    let ty = T::type_object_raw(py);
-    // SAFETY: GIL held; `ty` is a live heap type whose instances are GC objects freed with
-    // PyObject_GC_Del, the `tp_free` replaced here. Objects allocated before the swap are freed
-    // through `free`, which only keeps objects of the exact type, so any of them is fine.
+    // SAFETY: PyO3's pyclasses are GC heap types freed with PyObject_GC_Del.
+    unsafe { install_raw::<LIST>(T::type_object_raw(py)) };
+}
+
+/// Gives the type `ty` the free list `LIST`. Objects come back from the list untracked by the
+/// GC and with their old (dropped) contents: whatever makes them must initialise every field it
+/// uses and track the object. The type must have no finalizer (see the module's doc).
+///
+/// # Safety
+/// The GIL must be held; `ty` must be a live heap type whose instances are GC objects freed with
+/// `PyObject_GC_Del`, and `LIST` used for no other type.
+pub unsafe fn install_raw<const LIST: usize>(ty: *mut ffi::PyTypeObject) {
+    // SAFETY: per the contract. Objects allocated before the swap are freed through `free`,
+    // which only keeps objects of the exact type, so any of them is fine.
     unsafe {
         *LISTS[LIST].ty.get() = ty;
         (*ty).tp_alloc = Some(alloc::<LIST>);

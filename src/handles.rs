@@ -96,7 +96,8 @@ struct Diagnostics {
 pub struct NativeCall {
     /// The method's Python name, for `repr`, `_callback` and error reports.
     pub name: &'static str,
-    pub call: fn(&Bound<'_, PyAny>) -> PyResult<()>,
+    /// Called with the target and the handle's arguments.
+    pub call: fn(&Bound<'_, PyAny>, &CallArgs) -> PyResult<()>,
 }
 
 /// What the loop needs to invoke a handle, taken out while the handle is not borrowed (the
@@ -246,7 +247,8 @@ impl Handle {
     }
 
     /// A one-shot handle of the loop's (`call_soon`), about to join a queue of `queued` handles:
-    /// untracked by the GC unless in debug mode (see `owned_by_loop`).
+    /// untracked by the GC unless in debug mode (see `owned_by_loop`). `native`, if given, is
+    /// called on `callback` (a task's step or wake-up).
     pub fn loop_owned(
         py: Python<'_>,
         callback: Py<PyAny>,
@@ -254,9 +256,10 @@ impl Handle {
         context: Option<Py<PyAny>>,
         debug: bool,
         queued: usize,
+        native: Option<&'static NativeCall>,
     ) -> PyResult<Py<Handle>> {
         let setup = Setup::new(py, context, debug)?;
-        let handle = Py::new(py, Self::assemble(callback, args, setup, Some(queued), None, None))?;
+        let handle = Py::new(py, Self::assemble(callback, args, setup, Some(queued), None, native))?;
         set_gc_tracked(handle.bind(py).as_any(), debug);
         Ok(handle)
     }
@@ -551,7 +554,7 @@ pub fn invoke(py: Python<'_>, inv: &Invocation) -> PyResult<()> {
             return Err(PyErr::fetch(py));
         }
         let call_result = if let Some(native) = inv.native {
-            (native.call)(inv.callback.bind(py))
+            (native.call)(inv.callback.bind(py), &inv.args)
         } else {
             let result = inv.args.call(inv.callback.as_ptr());
             if result.is_null() {

@@ -11,9 +11,11 @@ mod event_loop;
 mod free_list;
 mod handles;
 mod method_defs;
+mod native_type;
 // Public for the pure-Rust ceiling server in bench/ceiling-server, which measures the same poller
 // with no Python in the way.
 pub mod poller;
+mod task;
 mod timers;
 mod transport;
 
@@ -26,6 +28,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     free_list::install(m.py());
+    task::init(m)?;
     m.add_class::<transport::socket::SocketCore>()?;
     m.add_class::<transport::pipe::PipeCore>()?;
     m.add_class::<transport::sock_wait::RecvWaiter>()?;

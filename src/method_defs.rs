@@ -14,7 +14,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 use std::ffi::CStr;
 
-/// A `PyMethodDef` in a `static`: CPython only reads it, from any thread holding the GIL.
+/// A `PyMethodDef` in a `static`: CPython only reads it, from any thread holding the GIL. An
+/// array of them, ended by [`MethodDef::END`], is a method table.
+#[repr(transparent)]
 pub struct MethodDef(ffi::PyMethodDef);
 
 // SAFETY: the definition is immutable and only holds pointers to static strings and functions.
@@ -42,6 +44,28 @@ impl MethodDef {
             ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
             ml_doc: doc.as_ptr(),
         })
+    }
+
+    /// A `METH_O` method (`class_method`: also `METH_CLASS`, bound to the class).
+    pub const fn one_arg(name: &'static CStr, meth: NoArgs, doc: &'static CStr, class_method: bool) -> Self {
+        MethodDef(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer { PyCFunction: meth },
+            ml_flags: if class_method {
+                ffi::METH_O | ffi::METH_CLASS
+            } else {
+                ffi::METH_O
+            },
+            ml_doc: doc.as_ptr(),
+        })
+    }
+
+    /// The entry that ends a method table.
+    pub const END: Self = MethodDef(ffi::PyMethodDef::zeroed());
+
+    /// The table starting at `defs[0]`, for a `Py_tp_methods` slot.
+    pub fn table(defs: &'static [MethodDef]) -> *mut std::ffi::c_void {
+        defs.as_ptr().cast_mut().cast()
     }
 
     pub const fn noargs(name: &'static CStr, meth: NoArgs, doc: &'static CStr) -> Self {

@@ -835,14 +835,17 @@ def test_sock_connect_refused_leaves_no_future_holding_the_error(loop, socks):
     closed_port.bind(("127.0.0.1", 0))
     client = socks.new()
 
+    caught = []
+
     async def main():
+        # Not returned: the task would then hold the error as its result.
         try:
             await loop.sock_connect(client, closed_port.getsockname())
         except ConnectionRefusedError as exc:
-            return exc
-        return None
+            caught.append(exc)
 
-    exc = run(loop, main())
+    run(loop, main())
+    [exc] = caught
     assert isinstance(exc, ConnectionRefusedError)
     assert not [r for r in gc.get_referrers(exc) if isinstance(r, asyncio.Future)]
 

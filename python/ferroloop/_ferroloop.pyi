@@ -1,7 +1,8 @@
 """Type stubs for ferroloop's native module (the engine behind ferroloop.Loop)."""
 
+import asyncio
 import socket
-from asyncio import Future, Server
+from asyncio import Server
 from asyncio.protocols import BaseProtocol
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextvars import Context
@@ -10,12 +11,14 @@ from typing import Any, final
 from typing_extensions import disjoint_base
 
 __all__ = [
+    "Future",
     "Handle",
     "LoopBase",
     "PipeCore",
     "RecvWaiter",
     "SockCall",
     "SocketCore",
+    "Task",
     "TimerHandle",
     "__version__",
     "_install_socket_transport_methods",
@@ -101,7 +104,7 @@ class LoopBase:
     def is_closed(self) -> bool: ...
     def close(self) -> None: ...
     def get_debug(self) -> bool: ...
-    def _set_time_overridden(self, overridden: bool) -> None: ...
+    def _set_overrides(self, time: bool, call_soon: bool) -> None: ...
     def set_debug(self, enabled: bool) -> None: ...
     @property
     def _stopping(self) -> bool: ...
@@ -148,7 +151,7 @@ class SocketCore:
     def _read_ready(self) -> None: ...
     def _write_ready(self) -> None: ...
     def _call_connection_lost(self, exc: BaseException | None) -> None: ...
-    def _make_empty_waiter(self) -> Future[None]: ...
+    def _make_empty_waiter(self) -> asyncio.Future[None]: ...
     def _reset_empty_waiter(self) -> None: ...
     @property
     def _sock(self) -> socket.socket | None: ...
@@ -205,7 +208,7 @@ class PipeCore:
     @property
     def _writer_installed(self) -> bool: ...
 
-def sock_recv(event_loop: LoopBase, sock: object, n: int) -> bytes | Future[bytes]:
+def sock_recv(event_loop: LoopBase, sock: object, n: int) -> bytes | asyncio.Future[bytes]:
     """Receive up to n bytes from the plain socket sock now, or return a future that gets them."""
 
 def _install_socket_transport_methods(cls: type) -> None:
@@ -234,3 +237,17 @@ class RecvWaiter:
 
     def _ready(self) -> None: ...
     def _done(self, future: Any) -> None: ...
+
+# ferroloop's task and future (CPython 3.11 only: on other versions the module has neither and
+# the loop makes asyncio's own). They add no public API to asyncio's; the methods below are the
+# pure-Python task's private step and wake-up, which CPython's C task does not have.
+@disjoint_base
+class Task(asyncio.Task[Any]):
+    """asyncio's Task, run by ferroloop's loop."""
+
+    def _Task__step(self, exc: BaseException | None = None) -> None: ...
+    def _Task__wakeup(self, future: asyncio.Future[Any], /) -> None: ...
+
+@disjoint_base
+class Future(asyncio.Future[Any]):
+    """asyncio's Future, made by ferroloop's loop."""

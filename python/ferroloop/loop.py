@@ -97,26 +97,33 @@ class Loop(  # type: ignore[misc]
         # pidfd -> pid of each child process being waited for.
         self._child_pidfds: dict[int, int] = {}
         self.set_debug(_debug_mode_from_environment())
-        self._refresh_time_overridden()
+        self._refresh_overrides()
         _live_loops.add(self)
 
     # asyncio's loop reads its clock through self.time(), so a subclass or a test that replaces
-    # time() (aiohttp's tests patch it on the loop) moves when timers fire. The native loop reads
-    # the monotonic clock directly unless told that time() is replaced: the class is checked once,
-    # the instance whenever its time attribute is set or deleted.
-    def _refresh_time_overridden(self) -> None:
-        replaced = "time" in self.__dict__ or type(self).time is not _ferroloop.LoopBase.time
-        self._set_time_overridden(replaced)
+    # time() (aiohttp's tests patch it on the loop) moves when timers fire, and its tasks schedule
+    # through self.call_soon(). The native loop reads the monotonic clock directly, and its tasks
+    # queue natively, unless told that these methods are replaced: the class is checked once, the
+    # instance whenever one of these attributes is set or deleted.
+    _OVERRIDABLE = frozenset({"time", "call_soon"})
+
+    def _refresh_overrides(self) -> None:
+        cls = type(self)
+        base = _ferroloop.LoopBase
+        self._set_overrides(
+            "time" in self.__dict__ or cls.time is not base.time,
+            "call_soon" in self.__dict__ or cls.call_soon is not base.call_soon,
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if name == "time":
-            self._refresh_time_overridden()
+        if name in self._OVERRIDABLE:
+            self._refresh_overrides()
 
     def __delattr__(self, name: str) -> None:
         super().__delattr__(name)
-        if name == "time":
-            self._refresh_time_overridden()
+        if name in self._OVERRIDABLE:
+            self._refresh_overrides()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} debug={self.get_debug()}>"

@@ -53,9 +53,6 @@ pub struct LoopBase {
     /// The running thread (`threading.get_ident()`), 0 when not running.
     thread_id: u64,
     task_factory: Option<Py<PyAny>>,
-    /// `{"loop": self}`, the keyword arguments of every future and plain task made here, built
-    /// once (see `tasks`).
-    loop_kwargs: Option<Py<PyDict>>,
     /// The handle whose callback is running, in debug mode only (asyncio's `_current_handle`):
     /// `default_exception_handler` adds its creation stack to reports made while it runs.
     current_handle: Option<Py<Handle>>,
@@ -63,6 +60,8 @@ pub struct LoopBase {
     /// the loop then reads its clock through `self.time()` for `call_later()` and for timer
     /// expiry, as asyncio's loop always does, instead of reading the monotonic clock directly.
     time_overridden: bool,
+    /// `call_soon()` is replaced, likewise: ferroloop's tasks then schedule through it.
+    call_soon_overridden: bool,
 }
 
 pub(crate) fn closed_error() -> PyErr {
@@ -193,7 +192,7 @@ impl LoopBase {
             (s.debug, s.ready.len())
         };
         check_callback(&callback, method, debug)?;
-        let handle = Handle::loop_owned(py, callback.unbind(), args, context, debug, queued)?;
+        let handle = Handle::loop_owned(py, callback.unbind(), args, context, debug, queued, None)?;
         let mut s = slf.borrow_mut();
         s.ready.push_back(handle.clone_ref(py));
         if threadsafe && s.running && s.thread_id != current_thread() {
@@ -202,6 +201,37 @@ impl LoopBase {
             }
         }
         Ok(handle)
+    }
+
+    /// Queues `target(*args)` in `context` (with `native` called on `target`, if given), as
+    /// `call_soon` would, for ferroloop's own tasks: their steps and done callbacks need neither
+    /// the argument parsing nor the callback check.
+    pub(crate) fn enqueue(
+        slf: &Bound<'_, Self>,
+        target: Py<PyAny>,
+        args: CallArgs,
+        context: Py<PyAny>,
+        native: Option<&'static NativeCall>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let (debug, queued) = {
+            let s = slf.borrow();
+            s.check_closed()?;
+            if s.debug {
+                s.check_thread()?;
+            }
+            (s.debug, s.ready.len())
+        };
+        let handle = Handle::loop_owned(py, target, args, Some(context), debug, queued, native)?;
+        slf.borrow_mut().ready.push_back(handle);
+        Ok(())
+    }
+
+    /// Whether tasks may queue their steps and callbacks with [`LoopBase::enqueue`]: not when
+    /// `call_soon` is replaced (by a subclass, or on the instance by a test), which asyncio's
+    /// tasks would call.
+    pub(crate) fn queues_tasks_natively(&self) -> bool {
+        !self.call_soon_overridden
     }
 
     fn set_watch(
@@ -353,10 +383,10 @@ impl LoopBase {
             closed: false,
             debug: false,
             time_overridden: false,
+            call_soon_overridden: false,
             slow_callback_duration: 0.1,
             thread_id: 0,
             task_factory: None,
-            loop_kwargs: None,
             current_handle: None,
         })
     }
@@ -686,9 +716,11 @@ impl LoopBase {
         self.debug
     }
 
-    /// Whether `time()` is overridden (kept up to date by the Python class; see `time_overridden`).
-    fn _set_time_overridden(&mut self, overridden: bool) {
-        self.time_overridden = overridden;
+    /// Whether `time()` and `call_soon()` are overridden (kept up to date by the Python class;
+    /// see `time_overridden`).
+    fn _set_overrides(&mut self, time: bool, call_soon: bool) {
+        self.time_overridden = time;
+        self.call_soon_overridden = call_soon;
     }
 
     fn set_debug(&mut self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -719,7 +751,6 @@ impl LoopBase {
             }
         }
         visit.call(&self.task_factory)?;
-        visit.call(&self.loop_kwargs)?;
         visit.call(&self.current_handle)?;
         self.watches.traverse(&visit)
     }
@@ -731,7 +762,6 @@ impl LoopBase {
         dropped.extend(watchers);
         drop(fileobjs);
         self.task_factory = None;
-        self.loop_kwargs = None;
         self.current_handle = None;
         let_go_all(py, dropped);
     }

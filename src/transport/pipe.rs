@@ -47,11 +47,11 @@ pub struct PipeCore {
 impl Core for PipeCore {
     const READ_READY: NativeCall = NativeCall {
         name: "_read_ready",
-        call: |target| PipeCore::_read_ready(target.cast::<PipeCore>()?),
+        call: |target, _| PipeCore::_read_ready(target.cast::<PipeCore>()?),
     };
     const WRITE_READY: NativeCall = NativeCall {
         name: "_write_ready",
-        call: |target| PipeCore::_write_ready(target.cast::<PipeCore>()?),
+        call: |target, _| PipeCore::_write_ready(target.cast::<PipeCore>()?),
     };
 
     fn link(&self) -> &Link {

@@ -167,7 +167,7 @@ fn ensure_fd_no_transport(event_loop: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<
 
 static RECV_READY: NativeCall = NativeCall {
     name: "_ready",
-    call: |target| RecvWaiter::_ready(target.cast::<RecvWaiter>()?),
+    call: |target, _| RecvWaiter::_ready(target.cast::<RecvWaiter>()?),
 };
 
 /// The reader of a socket's `sock_recv()` calls, and the done callback of the pending one.

@@ -158,11 +158,11 @@ fn shutdown_write(fd: RawFd) -> PyResult<()> {
 impl Core for SocketCore {
     const READ_READY: NativeCall = NativeCall {
         name: "_read_ready",
-        call: |target| SocketCore::_read_ready(target.cast::<SocketCore>()?),
+        call: |target, _| SocketCore::_read_ready(target.cast::<SocketCore>()?),
     };
     const WRITE_READY: NativeCall = NativeCall {
         name: "_write_ready",
-        call: |target| SocketCore::_write_ready(target.cast::<SocketCore>()?),
+        call: |target, _| SocketCore::_write_ready(target.cast::<SocketCore>()?),
     };
 
     fn link(&self) -> &Link {
