@@ -248,7 +248,10 @@ impl Handle {
 
     /// A one-shot handle of the loop's (`call_soon`), about to join a queue of `queued` handles:
     /// untracked by the GC unless in debug mode (see `owned_by_loop`). `native`, if given, is
-    /// called on `callback` (a task's step or wake-up).
+    /// called on `callback` (a task's step or wake-up). Inlined into its two callers, as it was
+    /// into the one it had: this runs for every callback.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn loop_owned(
         py: Python<'_>,
         callback: Py<PyAny>,
