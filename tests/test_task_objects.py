@@ -55,8 +55,6 @@ def test_ferroloop_types_override_everything_asyncio_defines(loop, is_ferroloop)
         pytest.skip("ferroloop makes asyncio's own tasks on this Python version")
     for ours, base in ((_ferroloop.Task, asyncio.Task), (_ferroloop.Future, asyncio.Future)):
         inherited = set(vars(base)) | set(vars(asyncio.Future))
-        if base is asyncio.Future:
-            inherited = set(vars(base))
         missing = {name for name in inherited if name not in vars(ours) and name != "__doc__"}
         assert not missing, f"{ours.__name__} inherits {sorted(missing)} from {base.__name__}"
 
@@ -241,7 +239,7 @@ def test_task_get_coro_stack_and_print_stack(loop):
         assert task.get_coro().__name__ == "_sleep_ret"
         frames = task.get_stack()
         assert frames and isinstance(frames[0], types.FrameType)
-        assert task.get_stack(limit=1) == frames[-1:] or len(task.get_stack(limit=1)) == 1
+        assert len(task.get_stack(limit=1)) == 1
         out = io.StringIO()
         task.print_stack(file=out)
         assert "Stack for" in out.getvalue() and "_sleep_ret" in out.getvalue()
@@ -283,22 +281,6 @@ def test_cancel_before_first_step_cancels_without_running(loop):
 
     loop.run_until_complete(main())
     assert ran == []
-
-
-def test_cancel_caught_by_the_coroutine_lets_it_finish(loop):
-    async def stubborn():
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            return "caught"
-
-    async def main():
-        task = loop.create_task(stubborn())
-        await asyncio.sleep(0)
-        task.cancel()
-        return await task
-
-    assert loop.run_until_complete(main()) == "caught"
 
 
 def test_cancelled_error_raised_by_the_coroutine_is_the_one_awaiters_see(loop):
