@@ -1,15 +1,16 @@
 """The per-connection halves of `Loop`'s networking methods, taken from CPython's own loop.
 
 `create_connection`, `create_server`, the Unix variants, `create_datagram_endpoint`,
-`connect_accepted_socket`, `start_tls`, `sendfile`, the pipe and subprocess entry points and the
-`Server` they return are CPython's implementations, taken unchanged from the running
-interpreter's `BaseEventLoop`, `BaseSelectorEventLoop` and `_UnixSelectorEventLoop` and bound to
-`Loop`. They run once per connection or call (argument checks, name resolution, happy eyeballs,
-binding, the error messages), and keeping them identical keeps every edge case identical. What
-they build are ferroloop's transports: they call the loop's `_make_socket_transport`,
-`_make_datagram_transport`, `_make_ssl_transport`, `_make_read_pipe_transport`,
-`_make_write_pipe_transport` and `_make_subprocess_transport`, which `Loop` overrides
-(`_transports.py`, `_subprocess.py`), so all per-byte work is native.
+`connect_accepted_socket`, `start_tls` (before Python 3.11; later ones take `_tls.start_tls`),
+`sendfile`, the pipe and subprocess entry points and the `Server` they return are CPython's
+implementations, taken unchanged from the running interpreter's `BaseEventLoop`,
+`BaseSelectorEventLoop` and `_UnixSelectorEventLoop` and bound to `Loop`. They run once per
+connection or call (argument checks, name resolution, happy eyeballs, binding, the error messages),
+and keeping them identical keeps every edge case identical. What they build are ferroloop's
+transports: they call the loop's `_make_socket_transport`, `_make_datagram_transport`,
+`_make_ssl_transport`, `_make_read_pipe_transport`, `_make_write_pipe_transport` and
+`_make_subprocess_transport`, which `Loop` overrides (`_transports.py`, `_subprocess.py`), so all
+per-byte work is native.
 
 Taking the functions from the running interpreter (not copying their source) keeps them matched
 with that interpreter's version. `Loop` provides what they expect of a selector loop:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _ferroloop
+from ._tls import TlsProtocol
+from ._tls import start_tls as _start_tls
 
 if TYPE_CHECKING:
     import ssl
@@ -584,7 +586,7 @@ class NativeTransports:
         # native socket transport.
         app_waiter = cast("futures.Future[Any]", waiter)
         if sys.version_info >= (3, 11):
-            ssl_protocol = sslproto.SSLProtocol(
+            ssl_protocol = TlsProtocol(
                 self,  # type: ignore[arg-type]
                 protocol,
                 sslcontext,
@@ -606,3 +608,7 @@ class NativeTransports:
             )
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)  # type: ignore[arg-type]
         return ssl_protocol._app_transport
+
+    if sys.version_info >= (3, 11):
+        # Upgrades go to ferroloop's TLS protocol too (asyncio's own steps otherwise).
+        start_tls = _start_tls

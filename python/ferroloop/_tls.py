@@ -1,0 +1,156 @@
+"""TLS for ferroloop's transports: CPython's `SSLProtocol`, reading without an exception per read.
+
+`asyncio.sslproto.SSLProtocol` decrypts what arrived by calling `SSLObject.read()` until it
+raises `SSLWantReadError`. With OpenSSL 3 that final exception costs about half as much as
+encrypting and decrypting a 1 KiB message (`python bench/tls_read_cost.py`: 2.0-3.4 us against
+3.7-7.2 us on the development VM): `_ssl` builds it from OpenSSL's error queue and formats its
+message. Every batch of records received pays it once.
+
+`TlsProtocol` stops reading when nothing is left that could be decrypted: no bytes waiting in the
+incoming memory BIO and no decrypted bytes buffered in the `SSLObject`. The `ssl` module never
+turns on OpenSSL's read-ahead, so the record layer holds at most the start of an incomplete
+record, which a further read could not finish either: the read that would have raised is exactly
+the one skipped. Everything else (states, handshake, shutdown, flow control, errors) is
+CPython's own code, and the user's `ssl.SSLContext` is used unchanged. `start_tls()` is here too,
+so that connections upgraded to TLS get the same protocol.
+
+Used on Python 3.11 and later, whose `SSLProtocol` has the read methods overridden here (tested on
+3.11 only); earlier versions keep asyncio's.
+"""
+
+from __future__ import annotations
+
+from asyncio import sslproto, transports
+from typing import TYPE_CHECKING, Any
+
+try:
+    import ssl
+except ImportError:  # pragma: no cover - CPython built without OpenSSL
+    ssl = None  # type: ignore[assignment]
+
+# What asyncio's protocol treats as "nothing more to read now" (only defined with ssl).
+SSLAgainErrors = getattr(sslproto, "SSLAgainErrors", ())
+
+
+class TlsProtocol(sslproto.SSLProtocol):
+    """`asyncio.sslproto.SSLProtocol` whose reads end without raising `SSLWantReadError`."""
+
+    if TYPE_CHECKING:
+        # The parts of Python 3.11's protocol used here, which typeshed does not describe.
+        _sslobj: Any
+        _incoming: Any
+        _app_protocol: Any
+
+        def _call_eof_received(self) -> None: ...
+        def _app_protocol_get_buffer(self, n: int) -> Any: ...
+        def _app_protocol_buffer_updated(self, nbytes: int) -> None: ...
+        def _get_read_buffer_size(self) -> int: ...
+        def _do_read(self) -> None: ...
+
+    def _do_read__copied(self) -> None:
+        sslobj = self._sslobj
+        incoming = self._incoming
+        max_size = self.max_size
+        chunk = b"1"
+        first = None
+        rest = None
+        try:
+            while True:
+                chunk = sslobj.read(max_size)
+                if not chunk:
+                    break
+                if first is None:
+                    first = chunk
+                elif rest is None:
+                    rest = [first, chunk]
+                else:
+                    rest.append(chunk)
+                if not incoming.pending and not sslobj.pending():
+                    break
+        except SSLAgainErrors:
+            pass
+        if rest is not None:
+            self._app_protocol.data_received(b"".join(rest))
+        elif first is not None:
+            self._app_protocol.data_received(first)
+        if not chunk:
+            # close_notify
+            self._call_eof_received()
+            self._start_shutdown()
+
+    def _do_read__buffered(self) -> None:
+        sslobj = self._sslobj
+        incoming = self._incoming
+        offset = 0
+        count = 1
+        buf = self._app_protocol_get_buffer(self._get_read_buffer_size())
+        wants = len(buf)
+        try:
+            count = sslobj.read(wants, buf)
+            if count > 0:
+                offset = count
+                while offset < wants:
+                    if not incoming.pending and not sslobj.pending():
+                        break
+                    count = sslobj.read(wants - offset, buf[offset:])
+                    if count > 0:
+                        offset += count
+                    else:
+                        break
+                else:
+                    # The buffer is full: read the rest on the next turn, as asyncio does.
+                    self._loop.call_soon(self._do_read)
+        except SSLAgainErrors:
+            pass
+        if offset > 0:
+            self._app_protocol_buffer_updated(offset)
+        if not count:
+            # close_notify
+            self._call_eof_received()
+            self._start_shutdown()
+
+
+async def start_tls(
+    loop: Any,  # the loop's `self`: `NativeTransports.start_tls` is this function
+    transport: Any,
+    protocol: Any,
+    sslcontext: ssl.SSLContext,
+    *,
+    server_side: bool = False,
+    server_hostname: str | None = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
+) -> transports.Transport:
+    """`loop.start_tls()` with the same checks, steps and errors as asyncio's, over `TlsProtocol`."""
+    if ssl is None:
+        raise RuntimeError("Python ssl module is not available")
+    if not isinstance(sslcontext, ssl.SSLContext):
+        raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}")
+    if not getattr(transport, "_start_tls_compatible", False):
+        raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+    waiter = loop.create_future()
+    tls = TlsProtocol(
+        loop,
+        protocol,
+        sslcontext,
+        waiter,
+        server_side,
+        server_hostname,
+        ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]  # typeshed: int
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
+        call_connection_made=False,
+    )
+    # Nothing may reach the TLS protocol before its connection_made(): reading stays paused
+    # until the two callbacks below have run, in this order.
+    transport.pause_reading()
+    transport.set_protocol(tls)
+    made = loop.call_soon(tls.connection_made, transport)
+    resumed = loop.call_soon(transport.resume_reading)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        made.cancel()
+        resumed.cancel()
+        raise
+    return tls._app_transport
