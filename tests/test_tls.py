@@ -2,9 +2,10 @@
 
 The peer here is a hand-driven `ssl.SSLObject` over a plain socket, so each test chooses exactly
 how the encrypted bytes arrive: a record cut in two, many records in one segment, data followed
-by the peer's close_notify. ferroloop's TLS protocol stops decrypting when nothing decryptable is
-left instead of reading until `SSLWantReadError`; these are the cases where stopping too early
-would lose or delay data.
+by the peer's close_notify, records of the largest size. ferroloop's TLS protocol stops
+decrypting when nothing decryptable is left instead of reading until `SSLWantReadError`, and asks
+each read for one record's worth of plaintext at most; these are the cases where stopping too
+early, or reading too little, would lose or delay data.
 """
 
 from __future__ import annotations
@@ -199,3 +200,11 @@ def test_buffered_protocol_smaller_than_a_record_gets_every_byte(loop, records):
     messages = [bytes(range(i, i + 97)) for i in range(records)]
     protocol = SmallBuffers(loop, expected=sum(map(len, messages)))
     run(loop, deliver_in_one_segment(loop, protocol, messages))
+
+
+def test_full_size_records_in_one_segment_are_delivered_whole(loop):
+    # OpenSSL cuts a write into records of 16 KiB, the most one record carries and the most
+    # ferroloop's protocol asks one read for: six full records and a short one.
+    message = bytes(i % 251 for i in range(100 * 1024 + 5))
+    protocol = Recorder(loop, expected=len(message))
+    run(loop, deliver_in_one_segment(loop, protocol, [message]))

@@ -31,6 +31,12 @@ except ImportError:  # pragma: no cover - CPython built without OpenSSL
 # What asyncio's protocol treats as "nothing more to read now" (only defined with ssl).
 SSLAgainErrors = getattr(sslproto, "SSLAgainErrors", ())
 
+# The most plaintext one TLS record carries (RFC 8446 5.1, RFC 5246 6.2.1). asyncio reads with
+# `max_size` (256 KiB): `_ssl` allocates a bytes object of the size asked for, then shrinks it.
+# Above glibc's mmap threshold (128 KiB until a chunk that large is freed whole, which that
+# shrinking prevents) every read then costs an mmap, an mremap, a munmap and page faults.
+RECORD_PLAINTEXT_MAX = 16 * 1024
+
 
 class TlsProtocol(sslproto.SSLProtocol):
     """`asyncio.sslproto.SSLProtocol` whose reads end without raising `SSLWantReadError`."""
@@ -50,7 +56,9 @@ class TlsProtocol(sslproto.SSLProtocol):
     def _do_read__copied(self) -> None:
         sslobj = self._sslobj
         incoming = self._incoming
-        max_size = self.max_size
+        # One read returns at most one record's plaintext, so asking for more only makes `_ssl`
+        # allocate more (and shrink the result to what arrived).
+        max_size = min(self.max_size, RECORD_PLAINTEXT_MAX)
         chunk = b"1"
         first = None
         rest = None

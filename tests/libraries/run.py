@@ -27,8 +27,9 @@ redis-py's and asyncpg's suites talk to a real server, which this script starts 
 loopback port for the two runs: ``redis-server`` and PostgreSQL's ``initdb``/``pg_ctl`` (found
 through ``pg_config``; run as the ``postgres`` user when this script runs as root, which
 PostgreSQL refuses). On Debian: ``apt-get install redis-server postgresql``. A suite whose server
-is missing is reported and left out. asyncpg's tests that make clusters of their own are among
-those failing on both loops here (they run ``initdb`` as the current user).
+is missing, or whose library is not installed, is reported and left out. asyncpg's tests that
+make clusters of their own are among those failing on both loops here (they run ``initdb`` as
+the current user).
 
 Every run loads ``ferroloop_suite.py`` (beside this file), which records each test's outcome.
 The tests import the installed library, not the downloaded copy: the copy's package directory is
@@ -367,7 +368,12 @@ SERVERS = {"redis": redis_server, "postgres": postgres_server}
 
 
 def run_suite(suite: Suite, work: Path) -> bool:
-    version = metadata.version(suite.package)
+    try:
+        version = metadata.version(suite.package)
+    except metadata.PackageNotFoundError:
+        # The suite tests the installed release; without one there is nothing to compare.
+        print(f"{suite.package} test suite: not run, the package is not installed (pip install {suite.package})")
+        return True
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *suite.dependencies], check=True)
     source = fetch(suite.package, version, work)
     # The tests must import the installed package (asyncpg's copy is not even compiled).
