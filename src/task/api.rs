@@ -496,33 +496,26 @@ fn report_on_destruction(task: &Bound<'_, PyAny>) {
     }
 }
 
-static TASK_REPR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-unsafe extern "C" fn task_repr(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls tp_repr with the GIL held on a live object.
-    unsafe { pyo3::impl_::trampoline::reprfunc(slf, task_repr_impl) }
+/// Defines a `tp_repr` slot that returns `module.function(self)`, as the C task and future do
+/// (asyncio formats both reprs in Python).
+macro_rules! repr_slot {
+    ($name:ident, $module:literal, $function:literal) => {
+        unsafe extern "C" fn $name(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+            static REPR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            unsafe fn inner(py: Python<'_>, slf: *mut ffi::PyObject) -> PyResult<*mut ffi::PyObject> {
+                // SAFETY: borrowed for the call.
+                let this = unsafe { Bound::from_borrowed_ptr(py, slf) };
+                let repr = REPR.import(py, $module, $function)?;
+                Ok(repr.call1((this,))?.into_ptr())
+            }
+            // SAFETY: CPython calls tp_repr with the GIL held on a live object.
+            unsafe { pyo3::impl_::trampoline::reprfunc(slf, inner) }
+        }
+    };
 }
 
-unsafe fn task_repr_impl(py: Python<'_>, slf: *mut ffi::PyObject) -> PyResult<*mut ffi::PyObject> {
-    // SAFETY: borrowed for the call.
-    let task = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    let repr = TASK_REPR.import(py, "asyncio.base_tasks", "_task_repr")?;
-    Ok(repr.call1((task,))?.into_ptr())
-}
-
-static FUTURE_REPR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-unsafe extern "C" fn future_repr(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls tp_repr with the GIL held on a live object.
-    unsafe { pyo3::impl_::trampoline::reprfunc(slf, future_repr_impl) }
-}
-
-unsafe fn future_repr_impl(py: Python<'_>, slf: *mut ffi::PyObject) -> PyResult<*mut ffi::PyObject> {
-    // SAFETY: borrowed for the call.
-    let future = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    let repr = FUTURE_REPR.import(py, "asyncio.base_futures", "_future_repr")?;
-    Ok(repr.call1((future,))?.into_ptr())
-}
+repr_slot!(task_repr, "asyncio.base_tasks", "_task_repr");
+repr_slot!(future_repr, "asyncio.base_futures", "_future_repr");
 
 unsafe extern "C" fn task_await(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: CPython calls am_await/tp_iter with the GIL held on a live task.

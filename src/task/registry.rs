@@ -4,9 +4,9 @@
 //! weak set's own Python callback removes the entry when the task dies: two Python frames per
 //! task, more than a tenth of a short task's cost (callgrind). This module does what those two
 //! do, natively: a weak reference whose callback discards it from the set's `data`, or queues it
-//! in `_pending_removals` while someone iterates the set, exactly as `weakref.WeakSet` does. When
-//! the set is not a plain `weakref.WeakSet` (another Python version's layout, a replaced
-//! registry), tasks register through `asyncio.tasks._register_task` instead.
+//! in `_pending_removals` while someone iterates the set, exactly as `weakref.WeakSet` does. On
+//! another Python version (another layout), or when the set is not a plain `weakref.WeakSet` (a
+//! replaced registry), tasks register through `asyncio.tasks._register_task` instead.
 
 use crate::method_defs::MethodDef;
 use pyo3::ffi;
@@ -36,12 +36,19 @@ static REMOVE: MethodDef = MethodDef::one_arg(
 fn registry(py: Python<'_>) -> PyResult<&Registry> {
     REGISTRY.get_or_try_init(py, || {
         let tasks = py.import(intern!(py, "asyncio.tasks"))?;
+        let call =
+            || -> PyResult<Registry> { Ok(Registry::Call(tasks.getattr(intern!(py, "_register_task"))?.unbind())) };
+        // `_all_tasks` is 3.11's name and layout: 3.12 keeps a `_scheduled_tasks` set beside a
+        // separate one for eager tasks.
+        if py.version_info() < (3, 11) || py.version_info() >= (3, 12) {
+            return call();
+        }
         let weak_set = tasks.getattr(intern!(py, "_all_tasks"))?;
         let plain = weak_set
             .get_type()
             .is(py.import(intern!(py, "weakref"))?.getattr(intern!(py, "WeakSet"))?);
-        if !plain || py.version_info() < (3, 11) || py.version_info() >= (3, 12) {
-            return Ok(Registry::Call(tasks.getattr(intern!(py, "_register_task"))?.unbind()));
+        if !plain {
+            return call();
         }
         // SAFETY: REMOVE is a 'static METH_O definition; the function keeps `weak_set` as its self.
         let remove = unsafe {
