@@ -56,9 +56,7 @@ class TlsProtocol(sslproto.SSLProtocol):
     def _do_read__copied(self) -> None:
         sslobj = self._sslobj
         incoming = self._incoming
-        # One read returns at most one record's plaintext, so asking for more only makes `_ssl`
-        # allocate more (and shrink the result to what arrived).
-        max_size = min(self.max_size, RECORD_PLAINTEXT_MAX)
+        max_size = min(self.max_size, RECORD_PLAINTEXT_MAX)  # a read never returns more
         chunk = b"1"
         first = None
         rest = None
