@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import types
+from asyncio import sslproto
 
 import pytest
 
@@ -208,3 +210,28 @@ def test_full_size_records_in_one_segment_are_delivered_whole(loop):
     message = bytes(i % 251 for i in range(100 * 1024 + 5))
     protocol = Recorder(loop, expected=len(message))
     run(loop, deliver_in_one_segment(loop, protocol, [message]))
+
+
+def test_ferroloop_tls_protocol_runs_asyncios_own_code_with_the_same_states():
+    # ferroloop's protocol reuses every method of asyncio's it does not override, code object
+    # and all, over a copy of `asyncio.sslproto`'s namespace in which only the two state enums
+    # are replaced by plain namespaces of the same members (`ferroloop/_tls.py` says why).
+    tls = pytest.importorskip("ferroloop._tls")
+    enums = {name: getattr(sslproto, name) for name in ("SSLProtocolState", "AppProtocolState")}
+    overridden = {"_do_read__copied", "_do_read__buffered"}
+    inherited = [
+        (name, function)
+        for name, function in vars(sslproto.SSLProtocol).items()
+        if isinstance(function, types.FunctionType) and name not in overridden
+    ]
+    assert len(inherited) > 30
+    for name, function in inherited:
+        copy = getattr(tls.TlsProtocol, name)
+        assert copy.__code__ is function.__code__, name
+        assert copy.__defaults__ == function.__defaults__, name
+        namespace = copy.__globals__
+        assert {k for k, v in vars(sslproto).items() if namespace.get(k) is not v} <= set(enums), name
+        for enum_name, states in enums.items():
+            assert {member.name: getattr(namespace[enum_name], member.name) for member in states} == {
+                member.name: member for member in states
+            }, name

@@ -14,12 +14,23 @@ the one skipped. Everything else (states, handshake, shutdown, flow control, err
 CPython's own code, and the user's `ssl.SSLContext` is used unchanged. `start_tls()` is here too,
 so that connections upgraded to TLS get the same protocol.
 
-Used on Python 3.11 and later, whose `SSLProtocol` has the read methods overridden here (tested on
-3.11 only); earlier versions keep asyncio's.
+The rest of CPython's protocol runs unchanged, with one difference in where it looks up its
+states. Its methods compare `self._state` with members of `SSLProtocolState` about ten times per
+message echoed, and on 3.11 each such lookup costs about 130 ns: `EnumType` defines
+`__getattr__`, which sends every attribute lookup on an enum class through the slow path of
+`type.__getattribute__`. `TlsProtocol` runs the same functions (their code objects, unchanged)
+over a copy of `asyncio.sslproto`'s namespace in which the two state enums are plain namespaces
+holding the same members. A user who assigns to an attribute of `asyncio.sslproto` after
+ferroloop is imported does not reach this copy.
+
+Used on Python 3.11 and later, whose `SSLProtocol` has the read methods overridden here and
+compares states this way (tested on 3.11 only); earlier versions keep asyncio's.
 """
 
 from __future__ import annotations
 
+import enum
+import types
 from asyncio import sslproto, transports
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +125,39 @@ class TlsProtocol(sslproto.SSLProtocol):
             # close_notify
             self._call_eof_received()
             self._start_shutdown()
+
+
+def _look_up_states_without_enum_getattr(cls: type, base: type) -> None:
+    """Gives `cls` each function `base` defines and `cls` does not, over plain state lookups.
+
+    The copies share their code objects with `base`'s functions, so they behave exactly alike;
+    only `SSLProtocolState.X` and `AppProtocolState.X` resolve through a `SimpleNamespace`.
+    Nothing changes where `EnumType` has no `__getattr__` (3.12 removed it), or where the module
+    does not define the enums.
+    """
+    plain: dict[str, types.SimpleNamespace] = {}
+    for name in ("SSLProtocolState", "AppProtocolState"):
+        states: Any = getattr(sslproto, name, None)
+        if not (isinstance(states, enum.EnumMeta) and hasattr(type(states), "__getattr__")):
+            return
+        members: list[enum.Enum] = list(states)
+        plain[name] = types.SimpleNamespace(**{member.name: member for member in members})
+    namespace = {**vars(sslproto), **plain}
+    for name, function in vars(base).items():
+        if not isinstance(function, types.FunctionType) or name in vars(cls):
+            continue
+        copy = types.FunctionType(
+            function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__
+        )
+        copy.__kwdefaults__ = function.__kwdefaults__
+        copy.__qualname__ = function.__qualname__
+        copy.__module__ = function.__module__
+        copy.__doc__ = function.__doc__
+        copy.__dict__.update(function.__dict__)
+        setattr(cls, name, copy)
+
+
+_look_up_states_without_enum_getattr(TlsProtocol, sslproto.SSLProtocol)
 
 
 async def start_tls(
