@@ -10,7 +10,7 @@ help:  ## show this help
 
 deps:  ## install build, test and benchmark dependencies (maturin, pytest, aiohttp, uvloop, rloop, matplotlib, ...)
 	$(PIP) "maturin>=1.5,<2" "pytest>=7" "pytest-timeout>=2" "aiohttp>=3.9" "uvloop>=0.19" "ruff>=0.5" "mypy>=1.8" \
-		"uvicorn>=0.30" "httpx>=0.27" "websockets>=13" "rloop>=0.5" "matplotlib>=3.7"
+		"uvicorn>=0.30" "httptools>=0.6" "httpx>=0.27" "websockets>=13" "rloop>=0.5" "matplotlib>=3.7"
 
 build:  ## build the release wheel and install it
 	rm -rf dist

@@ -7,8 +7,8 @@ Runs the three runners in turn, each with every loop it can import, interleaved 
 - ``micro.py``: the micro rows (callbacks, timers, tasks, futures, cross-thread calls, queues,
   executors) and the process rows (subprocess spawn, pipe throughput);
 - ``net.py --ceiling``: echo in three modes over TCP and Unix sockets, echo over TLS, HTTP under
-  wrk (a small Protocol, plain and pipelined) and an aiohttp application under wrk, plus the
-  pure-Rust echo server (same poller, no Python) on the Protocol rows;
+  wrk (a small Protocol, plain and pipelined) and an aiohttp and a uvicorn application under wrk,
+  plus the pure-Rust echo server (same poller, no Python) on the Protocol rows;
 - ``idle_memory.py``: server memory per idle connection.
 
 It writes ``report.md`` (the runners' own tables, preceded by a summary of geometric means per
@@ -51,7 +51,7 @@ GROUP_TITLES = {
     "echo-protocol": "echo, Protocol",
     "echo-tls": "echo, Protocol over TLS",
     "http": "HTTP, small Protocol (wrk)",
-    "app": "aiohttp app (wrk)",
+    "app": "aiohttp and uvicorn apps (wrk)",
 }
 
 

@@ -2,10 +2,10 @@
 
 Echo servers in three modes (``sock_*`` calls, asyncio streams, a ``Protocol``) over TCP and
 Unix sockets with 1, 10 and 100 KiB messages, the ``Protocol`` echo over TLS, an HTTP/1.1
-keep-alive server (a small ``Protocol``) and an aiohttp application, each run on every loop
-under test (``bench/net_server.py``). The load comes from clients that are the same for every
-loop and are not event loops: ``bench/echo-client`` (Rust, built here with cargo; rustls for the
-TLS rows) for echo, and ``wrk`` for HTTP.
+keep-alive server (a small ``Protocol``), an aiohttp application and an ASGI application under
+uvicorn, each run on every loop under test (``bench/net_server.py``). The load comes from
+clients that are the same for every loop and are not event loops: ``bench/echo-client`` (Rust,
+built here with cargo; rustls for the TLS rows) for echo, and ``wrk`` for HTTP.
 
 For every sample the server runs in a fresh process; the report gives the median throughput
 per loop and row, the server's CPU time over the measured window (from /proc), and the ratios of
@@ -64,6 +64,8 @@ class Row:
             return "http keep-alive (wrk)" if self.size == 0 else f"http pipelined x{self.size} (wrk)"
         if self.mode == "app":
             return "aiohttp app keep-alive (wrk)"
+        if self.mode == "asgi":
+            return "uvicorn app keep-alive (wrk)"
         return f"{self.mode} {self.family} {self.size // 1024}KiB"
 
 
@@ -95,6 +97,7 @@ def all_rows() -> list[Row]:
     rows.append(Row("http", "http", "tcp", 0))
     rows.append(Row("http", "http", "tcp", PIPELINE))
     rows.append(Row("app", "app", "tcp", 0))
+    rows.append(Row("app", "asgi", "tcp", 0))
     return rows
 
 
@@ -228,7 +231,7 @@ def run_sample(
             raise Unsupported(str(exc)) from None
         raise
     try:
-        if row.mode in ("http", "app"):
+        if row.mode in ("http", "app", "asgi"):
             rate, cpu, wall = run_wrk(server, row.size, seconds, warmup)
         else:
             rate, cpu, wall = run_echo(server, row, seconds, warmup)

@@ -13,7 +13,9 @@ LOOP_SPEC is a loop factory as ``module:attr``; MODE is one of
 - ``tls``: the ``protocol`` echo over TLS (``create_server(ssl=...)``), with the test
   certificate that ships with CPython's test package (``test/certdata/keycert.pem``);
 - ``app``: an aiohttp web application answering ``GET /`` (for wrk): a real framework's
-  parser, routing and response code on top of the loop's transports.
+  parser, routing and response code on top of the loop's transports;
+- ``asgi``: the same answer from a minimal ASGI application served by uvicorn (with httptools),
+  which writes a response's head and its body with two ``transport.write()`` calls.
 
 ADDRESS is ``tcp:HOST:PORT`` (port 0 picks one) or ``unix:PATH``. Once listening, the
 server prints ``READY ADDRESS`` (with the real port) and serves until stdin is closed, so the
@@ -157,6 +159,36 @@ async def start_app(address: str):
     return runner, f"tcp:{host}:{port}"
 
 
+async def start_asgi(address: str):
+    """A minimal ASGI application served by uvicorn's httptools protocol on this loop."""
+    import uvicorn
+
+    body = b"Hello, World!"
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))],
+    }
+    response = {"type": "http.response.body", "body": body}
+
+    async def app(scope, receive, send):
+        await send(start)
+        await send(response)
+
+    host, port = address.removeprefix("tcp:").rsplit(":", 1)
+    config = uvicorn.Config(
+        app, host=host, port=int(port), http="httptools", lifespan="off", access_log=False, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise SystemExit("uvicorn stopped before it started")
+        await asyncio.sleep(0.01)
+    return (server, task), describe(server.servers[0].sockets[0])
+
+
 async def serve(mode: str, address: str) -> None:
     loop = asyncio.get_running_loop()
     unix = address.startswith("unix:")
@@ -176,6 +208,8 @@ async def serve(mode: str, address: str) -> None:
         listening = describe(server.sockets[0])
     elif mode == "app":
         server, listening = await start_app(address)
+    elif mode == "asgi":
+        (server, server_task), listening = await start_asgi(address)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print("READY", listening, flush=True)
@@ -189,6 +223,9 @@ async def serve(mode: str, address: str) -> None:
         sock.close()
     elif mode == "app":
         await server.cleanup()
+    elif mode == "asgi":
+        server.should_exit = True
+        await server_task
     else:
         server.close()
         await server.wait_closed()

@@ -314,7 +314,7 @@ class _CoreTransport(_ReadSide, _WriteSide, transports._FlowControlMixin):
             core = self._core
             info.append("read=polling" if core._reader_installed else "read=idle")
             state = "polling" if core._writer_installed else "idle"
-            info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
+            info.append(f"write=<{state}, bufsize={core._unsent_size()}>")
         return "<{}>".format(" ".join(info))
 
     # -- what CPython's loop helpers (sendfile, start_tls) and tests read ------------------------

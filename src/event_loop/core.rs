@@ -144,6 +144,9 @@ fn loop_time(slf: &Bound<'_, LoopBase>) -> PyResult<f64> {
 /// Runs one turn of the loop.
 pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     let py = slf.py();
+    // Writes deferred outside a turn's callbacks (by a signal handler or a finalizer that ran
+    // between turns) must not wait through the poll.
+    LoopBase::flush_deferred_writes(slf)?;
     if slf.borrow().ready.is_empty() {
         // A signal Python has noted but not handled yet must be handled before the poll may block:
         // nothing would end the wait for it. That happens with `_thread.interrupt_main()` (no OS
@@ -251,12 +254,25 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     };
     super::let_go_all(py, stale);
     drop(released);
-    run_batch(slf, batch, debug)
+    let ran = run_batch(slf, batch, debug);
+    // When a callback's exception stops the loop, its writes were still made, and asyncio would
+    // have sent them.
+    let flushed = LoopBase::flush_deferred_writes(slf);
+    ran.and(flushed)
 }
 
 fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: bool) -> PyResult<()> {
     while let Some(handle) = batch.pop_front() {
-        if let Err(err) = run_handle(slf, handle, debug) {
+        // The writes a callback made leave when it returns (see `transport::socket`): together,
+        // and before the next callback's work delays them.
+        let outcome = run_handle(slf, handle, debug).and_then(|()| {
+            if slf.borrow().has_deferred_writes() {
+                LoopBase::flush_deferred_writes(slf)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(err) = outcome {
             // KeyboardInterrupt/SystemExit (or a failing diagnostic) leave the loop; what was not
             // run stays queued, first, as asyncio leaves it.
             let mut s = slf.borrow_mut();

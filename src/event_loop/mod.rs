@@ -20,6 +20,7 @@ use crate::errors::os_error;
 use crate::handles::{Handle, NativeCall, TimerHandle, TimerSpec};
 use crate::poller::Poller;
 use crate::timers::TimerHeap;
+use crate::transport::socket::SocketCore;
 pub(crate) use fast_calls::install as install_fast_calls;
 use fd_watch::FdWatches;
 pub(crate) use fd_watch::Side;
@@ -62,6 +63,11 @@ pub struct LoopBase {
     time_overridden: bool,
     /// `call_soon()` is replaced, likewise: ferroloop's tasks then schedule through it.
     call_soon_overridden: bool,
+    /// Socket transports holding writes until the running callback returns (see
+    /// `transport::socket`), each once per deferral.
+    deferred_writes: Vec<Py<SocketCore>>,
+    /// `deferred_writes`' allocation, kept between turns.
+    spare_writes: Vec<Py<SocketCore>>,
 }
 
 pub(crate) fn closed_error() -> PyErr {
@@ -227,6 +233,55 @@ impl LoopBase {
         Ok(())
     }
 
+    /// Whether a transport may hold a `write()` until the running callback returns: only while
+    /// this loop runs, on its own thread. Outside, nothing would send it before code that waits
+    /// for the peer's answer.
+    pub(crate) fn defers_writes(&self) -> bool {
+        self.running && self.thread_id == current_thread()
+    }
+
+    /// Adds a transport whose writes wait for the running callback to return.
+    pub(crate) fn defer_write(&mut self, core: Py<SocketCore>) {
+        self.deferred_writes.push(core);
+    }
+
+    pub(crate) fn has_deferred_writes(&self) -> bool {
+        !self.deferred_writes.is_empty()
+    }
+
+    /// Sends the writes that callbacks deferred. A transport's flush can run protocol code
+    /// (`pause_writing()`, an exception handler) that writes to other transports: those are sent
+    /// too before the poll. After an error that must stop the loop, what was not flushed stays
+    /// listed for the next turn.
+    pub(crate) fn flush_deferred_writes(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        loop {
+            let mut pending = {
+                let mut s = slf.borrow_mut();
+                if s.deferred_writes.is_empty() {
+                    return Ok(());
+                }
+                let spare = std::mem::take(&mut s.spare_writes);
+                std::mem::replace(&mut s.deferred_writes, spare)
+            };
+            let mut cores = pending.drain(..);
+            let mut failed = None;
+            for core in cores.by_ref() {
+                if let Err(err) = SocketCore::flush_deferred(core.bind(py)) {
+                    failed = Some(err);
+                    break;
+                }
+            }
+            let rest: Vec<_> = cores.collect();
+            let mut s = slf.borrow_mut();
+            s.deferred_writes.extend(rest);
+            s.spare_writes = pending;
+            if let Some(err) = failed {
+                return Err(err);
+            }
+        }
+    }
+
     /// Whether tasks may queue their steps and callbacks with [`LoopBase::enqueue`]: not when
     /// `call_soon` is replaced (by a subclass, or on the instance by a test), which asyncio's
     /// tasks would call.
@@ -384,6 +439,8 @@ impl LoopBase {
             debug: false,
             time_overridden: false,
             call_soon_overridden: false,
+            deferred_writes: Vec::new(),
+            spare_writes: Vec::new(),
             slow_callback_duration: 0.1,
             thread_id: 0,
             task_factory: None,
@@ -705,7 +762,9 @@ impl LoopBase {
             dropped.extend(s.timers.drain());
             let (watchers, fileobjs) = s.watches.drain();
             dropped.extend(watchers);
-            (dropped, fileobjs)
+            // Only an error that stopped a turn can leave writes here; the loop will not send them.
+            let unflushed = std::mem::take(&mut s.deferred_writes);
+            (dropped, (fileobjs, unflushed))
         };
         let_go_all(slf.py(), dropped);
         drop(fileobjs);
@@ -752,6 +811,9 @@ impl LoopBase {
         }
         visit.call(&self.task_factory)?;
         visit.call(&self.current_handle)?;
+        for core in &self.deferred_writes {
+            visit.call(core)?;
+        }
         self.watches.traverse(&visit)
     }
 
@@ -763,6 +825,7 @@ impl LoopBase {
         drop(fileobjs);
         self.task_factory = None;
         self.current_handle = None;
+        self.deferred_writes.clear();
         let_go_all(py, dropped);
     }
 }

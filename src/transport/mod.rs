@@ -203,6 +203,30 @@ fn queue_rest(buffer: &mut WriteBuffer<SharedBytes>, data: &Bound<'_, PyAny>, by
     }
 }
 
+/// Queues all of `data` without trying to send it (a write deferred until the running callback
+/// returns); returns how many bytes that was. The first write into an empty buffer is kept by
+/// reference whatever its size, if it is a `bytes`: a callback's single write then costs no copy.
+/// Later small ones are copied, so that many small writes still make few chunks.
+fn queue_all(buffer: &mut WriteBuffer<SharedBytes>, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if buffer.is_empty() {
+        if let Ok(owner) = data.cast_exact::<PyBytes>() {
+            let bytes = owner.as_bytes();
+            if !bytes.is_empty() {
+                buffer.push_shared(SharedBytes {
+                    owner: owner.clone().unbind(),
+                    ptr: bytes.as_ptr(),
+                    len: bytes.len(),
+                });
+            }
+            return Ok(bytes.len());
+        }
+    }
+    with_buffer(data, |bytes| {
+        queue_rest(buffer, data, bytes, 0);
+        bytes.len()
+    })
+}
+
 /// `write()`'s common path: when nothing is queued, hand `data` to the kernel at once with `send_now`
 /// (the fd's `send()` or `write()`); queue whatever it did not take.
 fn send_or_queue(
