@@ -204,13 +204,17 @@ fn queue_rest(buffer: &mut WriteBuffer<SharedBytes>, data: &Bound<'_, PyAny>, by
 }
 
 /// Queues all of `data` without trying to send it (a write deferred until the running callback
-/// returns); returns how many bytes that was. The first write into an empty buffer is kept by
-/// reference whatever its size, if it is a `bytes`: a callback's single write then costs no copy.
-/// Later small ones are copied, so that many small writes still make few chunks.
-fn queue_all(buffer: &mut WriteBuffer<SharedBytes>, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+/// returns) if it is at most `limit` bytes, and returns how many that was; `None` (nothing
+/// queued) above `limit`. The first write into an empty buffer is kept by reference whatever its
+/// size, if it is a `bytes`: a callback's single write then costs no copy. Later small ones are
+/// copied, so that many small writes still make few chunks.
+fn queue_all(buffer: &mut WriteBuffer<SharedBytes>, data: &Bound<'_, PyAny>, limit: usize) -> PyResult<Option<usize>> {
     if buffer.is_empty() {
         if let Ok(owner) = data.cast_exact::<PyBytes>() {
             let bytes = owner.as_bytes();
+            if bytes.len() > limit {
+                return Ok(None);
+            }
             if !bytes.is_empty() {
                 buffer.push_shared(SharedBytes {
                     owner: owner.clone().unbind(),
@@ -218,12 +222,15 @@ fn queue_all(buffer: &mut WriteBuffer<SharedBytes>, data: &Bound<'_, PyAny>) -> 
                     len: bytes.len(),
                 });
             }
-            return Ok(bytes.len());
+            return Ok(Some(bytes.len()));
         }
     }
     with_buffer(data, |bytes| {
+        if bytes.len() > limit {
+            return None;
+        }
         queue_rest(buffer, data, bytes, 0);
-        bytes.len()
+        Some(bytes.len())
     })
 }
 

@@ -325,34 +325,43 @@ impl SocketCore {
     /// What `write()` does with `data` once it is known to be bytes-like and non-empty.
     fn write_bytes(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
+        if slf.borrow().deferred {
+            {
+                let mut s = slf.borrow_mut();
+                let room = s.link.high_water.saturating_sub(s.buffer.len());
+                if queue_all(&mut s.buffer, data, room)?.is_some() {
+                    return Ok(());
+                }
+            }
+            // Past the high-water mark: what waits goes now, then this write as any other.
+            Self::flush_deferred(slf)?;
+            if slf.borrow().conn_lost > 0 {
+                return Ok(());
+            }
+        }
         let outcome = {
             let mut s = slf.borrow_mut();
-            if s.deferred {
-                queue_all(&mut s.buffer, data)?;
-                let over = s.buffer.len() > s.link.high_water;
-                drop(s);
-                return if over { Self::flush_deferred(slf) } else { Ok(()) };
-            }
             if s.buffer.is_empty() && s.datagram.is_none() {
                 let defer_to = s
                     .link
                     .event_loop
                     .as_ref()
-                    .filter(|event_loop| event_loop.borrow(py).defers_writes());
-                if let Some(event_loop) = defer_to.map(|event_loop| event_loop.clone_ref(py)) {
-                    let queued = queue_all(&mut s.buffer, data)?;
-                    if queued > s.link.high_water {
-                        // Too large to wait: sent now, as asyncio sends it, and queued or not
-                        // by the same rules.
-                        drop(s);
-                        return Self::send_buffered(slf);
+                    .filter(|event_loop| event_loop.borrow(py).defers_writes())
+                    .map(|event_loop| event_loop.clone_ref(py));
+                if let Some(event_loop) = defer_to {
+                    // Above the high-water mark the write is sent at once below, as asyncio
+                    // sends it: waiting would pause the protocol for data the kernel may take.
+                    let limit = s.link.high_water;
+                    match queue_all(&mut s.buffer, data, limit)? {
+                        Some(0) => return Ok(()),
+                        Some(_) => {
+                            s.deferred = true;
+                            drop(s);
+                            event_loop.borrow_mut(py).defer_write(slf.clone().unbind());
+                            return Ok(());
+                        }
+                        None => {}
                     }
-                    if queued > 0 {
-                        s.deferred = true;
-                        drop(s);
-                        event_loop.borrow_mut(py).defer_write(slf.clone().unbind());
-                    }
-                    return Ok(());
                 }
             }
             let fd = s.link.fd;
