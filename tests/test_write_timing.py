@@ -4,8 +4,8 @@ asyncio's socket transport hands each `write()` to the kernel at once. ferroloop
 writes made by one of the loop's callbacks until it returns and sends them together (see
 `transport/socket.rs`). Each test here checks, on both loops, a case where that could show:
 the order of writes of different kinds and sizes, `get_write_buffer_size()` right after a write,
-a close, a `write_eof()`, a stop or an interrupt in the same callback, a write made while the loop
-is not running, flow control, and many transports written in one turn.
+a close, a `write_eof()`, an `abort()`, a stop or an interrupt in the same callback, a write made
+while the loop is not running, flow control, and many transports written in one turn.
 """
 
 from __future__ import annotations
@@ -154,6 +154,20 @@ def test_write_then_write_eof_delivers_then_half_closes(loop, raw_peer):
     peer.shutdown(socket.SHUT_WR)
     loop.run_until_complete(asyncio.wait_for(protocol.eof, WAIT))
     assert bytes(protocol.data) == b"reply"
+
+
+def test_write_then_abort_in_one_callback_still_delivers_the_write(loop, raw_peer):
+    # asyncio hands the write to the kernel before abort() runs; abort() drops only what is
+    # buffered.
+    transport, protocol, peer = raw_peer
+
+    def write_and_abort():
+        transport.write(b"goodbye")
+        transport.abort()
+
+    run_callback(loop, write_and_abort)
+    loop.run_until_complete(asyncio.wait_for(protocol.lost, WAIT))
+    assert receive_exactly(peer, 7) == b"goodbye"
 
 
 @pytest.mark.parametrize("ending", ["stop", "KeyboardInterrupt"])

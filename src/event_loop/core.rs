@@ -144,9 +144,6 @@ fn loop_time(slf: &Bound<'_, LoopBase>) -> PyResult<f64> {
 /// Runs one turn of the loop.
 pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     let py = slf.py();
-    // Writes deferred outside a turn's callbacks (by a signal handler or a finalizer that ran
-    // between turns) must not wait through the poll.
-    LoopBase::flush_deferred_writes(slf)?;
     if slf.borrow().ready.is_empty() {
         // A signal Python has noted but not handled yet must be handled before the poll may block:
         // nothing would end the wait for it. That happens with `_thread.interrupt_main()` (no OS
@@ -178,6 +175,7 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
         (s.plan_poll(now), purged)
     };
     super::let_go_all(py, purged);
+    let plan = flush_before_poll(slf, plan)?;
 
     // A turn that skips the poll takes neither the poller nor the buffers.
     let readiness = if let PollPlan::Skip = plan {
@@ -259,6 +257,20 @@ pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     // have sent them.
     let flushed = LoopBase::flush_deferred_writes(slf);
     ran.and(flushed)
+}
+
+/// Writes deferred outside any callback (by a signal handler, a finalizer, a replaced `time()`)
+/// must not wait through the poll. Sending them can run protocol code that queues callbacks, so
+/// the poll then does not block.
+fn flush_before_poll(slf: &Bound<'_, LoopBase>, plan: PollPlan) -> PyResult<PollPlan> {
+    if !slf.borrow().has_deferred_writes() {
+        return Ok(plan);
+    }
+    LoopBase::flush_deferred_writes(slf)?;
+    Ok(match plan {
+        PollPlan::Block(_) => PollPlan::NonBlocking,
+        other => other,
+    })
 }
 
 fn run_batch(slf: &Bound<'_, LoopBase>, mut batch: VecDeque<Py<Handle>>, debug: bool) -> PyResult<()> {

@@ -267,7 +267,15 @@ impl LoopBase {
             let mut cores = pending.drain(..);
             let mut failed = None;
             for core in cores.by_ref() {
-                if let Err(err) = SocketCore::flush_deferred(core.bind(py)) {
+                let core = core.bind(py);
+                let outcome = SocketCore::flush_deferred(core).or_else(|err| {
+                    if crate::transport::is_fatal(py, &err) {
+                        Err(err)
+                    } else {
+                        SocketCore::report_flush_error(core, err)
+                    }
+                });
+                if let Err(err) = outcome {
                     failed = Some(err);
                     break;
                 }
@@ -762,11 +770,16 @@ impl LoopBase {
             dropped.extend(s.timers.drain());
             let (watchers, fileobjs) = s.watches.drain();
             dropped.extend(watchers);
-            // Only an error that stopped a turn can leave writes here; the loop will not send them.
+            // Only an error that stopped a flush can leave writes here: they get one last send.
             let unflushed = std::mem::take(&mut s.deferred_writes);
             (dropped, (fileobjs, unflushed))
         };
         let_go_all(slf.py(), dropped);
+        let (fileobjs, unflushed) = fileobjs;
+        for core in unflushed {
+            let sent = core.bind(slf.py()).borrow_mut().send_deferred_quietly();
+            drop(sent);
+        }
         drop(fileobjs);
         Ok(())
     }

@@ -106,7 +106,7 @@ fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     LOGGER.import(py, "asyncio.log", "logger")
 }
 
-fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+pub(crate) fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 

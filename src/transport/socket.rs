@@ -250,20 +250,23 @@ impl SocketCore {
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
-        let (had_buffer, was_closing, released) = {
+        let (writing, was_closing, sent, released) = {
             let mut s = slf.borrow_mut();
             if s.conn_lost > 0 {
                 return Ok(());
             }
-            let had_buffer = s.unsent() > 0;
+            // asyncio would already have handed these to the kernel; only what it had to buffer
+            // is dropped.
+            let sent = s.send_deferred_quietly();
+            let writing = s.link.writing;
             let released = s.clear_unsent();
             let was_closing = s.closing;
             s.closing = true;
             s.conn_lost += 1;
-            (had_buffer, was_closing, released)
+            (writing, was_closing, sent, released)
         };
-        drop(released);
-        if had_buffer {
+        drop((sent, released));
+        if writing {
             link::unwatch(slf, Side::Write)?;
         }
         if !was_closing {
@@ -341,7 +344,7 @@ impl SocketCore {
         }
         let outcome = {
             let mut s = slf.borrow_mut();
-            if s.buffer.is_empty() && s.datagram.is_none() {
+            if s.buffer.is_empty() && s.datagram.is_none() && !s.closing {
                 let defer_to = s
                     .link
                     .event_loop
@@ -385,6 +388,29 @@ impl SocketCore {
             s.deferred = false;
         }
         Self::send_buffered(slf)
+    }
+
+    /// Reports an error from sending deferred writes as asyncio reports one from a callback:
+    /// to the exception handler, with this transport and its protocol.
+    pub(crate) fn report_flush_error(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        let exc = err.into_value(py).into_any();
+        link::report_error(slf, "Exception in a transport's deferred write", exc.bind(py))
+    }
+
+    /// Sends what deferred writes left, once, calling no Python code: for when the transport or
+    /// its loop goes away with them unsent. Returns the references to drop once the core is no
+    /// longer borrowed.
+    pub(crate) fn send_deferred_quietly(&mut self) -> Vec<SharedBytes> {
+        if !std::mem::take(&mut self.deferred) {
+            return Vec::new();
+        }
+        let sent = {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = self.buffer.io_slices(&mut slices);
+            send_slices(self.link.fd, &slices[..n])
+        };
+        sent.map_or_else(|_| Vec::new(), |n| self.buffer.consume(n))
     }
 
     /// One vectored send of the buffer, and what asyncio's `_write_ready` does after it: resume
@@ -773,6 +799,10 @@ impl SocketCore {
     fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         Self::flush_deferred(slf)?;
+        if slf.borrow().conn_lost > 0 {
+            // The flush failed and closed the transport (asyncio's check came before it).
+            return Err(PyRuntimeError::new_err("Transport is closing"));
+        }
         let (event_loop, empty) = {
             let s = slf.borrow();
             if s.empty_waiter.is_some() {
