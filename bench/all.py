@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from net import all_rows  # noqa: E402
+from stats import behind_verdict  # noqa: E402
 
 SUBJECT = "ferroloop"
 LOOPS = (
@@ -108,12 +109,9 @@ def sample_ranges(micro_doc: dict, net_samples: list[dict], per_cpu: bool) -> Ra
 
 
 def behind_line(row: str, other: str, ratio: float, ranges: Ranges) -> str:
-    """One 'behind' row, saying whether the two loops' samples overlap (a gap within the noise) or not."""
+    """One 'behind' row, with the bootstrap interval of its ratio (`stats.py`)."""
     mine, theirs = ranges.get((row, SUBJECT), []), ranges.get((row, other), [])
-    if min(len(mine), len(theirs)) < 3:
-        return f"- {row}: {ratio:.2f} of {other}"  # too few samples to say
-    verdict = "samples overlap" if max(mine) >= min(theirs) else "every sample lower"
-    return f"- {row}: {ratio:.2f} of {other} ({verdict})"
+    return f"- {row}: {ratio:.2f} of {other} ({behind_verdict(mine, theirs)})"
 
 
 def summarize(medians: dict[str, tuple[str, dict[str, float]]]) -> tuple[dict, list[tuple[str, str, float]]]:
@@ -250,8 +248,9 @@ def main() -> int:
         cells = ", ".join(f"{row} {frac:.0%}" for row, frac in ceiling.items())
         lines += [f"Protocol echo per server CPU-second, as a share of the pure-Rust ceiling: {cells}.", ""]
     lines += [
-        "Rows where ferroloop's median is behind uvloop's or rloop's in throughput; 'samples overlap' means"
-        " ferroloop's best sample beat the other loop's worst (the gap is within the run's noise):",
+        "Rows where ferroloop's median is behind uvloop's or rloop's in throughput, each with a bootstrap"
+        " interval of the ratio of medians (`bench/stats.py`): a row is behind in a way this run can show only"
+        " if the whole interval lies below 1; otherwise the gap is within the run's noise:",
         "",
     ]
     ranges = sample_ranges(micro_doc, net_samples, per_cpu=False)

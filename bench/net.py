@@ -30,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from stats import behind_verdict
+
 HERE = Path(__file__).resolve().parent
 SERVER = HERE / "net_server.py"
 CLIENT_DIR = HERE / "echo-client"
@@ -303,8 +305,39 @@ def cpu_split_table(rows: list[Row], loops: list[str], subject: str, samples: li
     return lines
 
 
+Medians = dict[tuple[str, str], tuple[float, float]]
+
+
+def sample_values(samples: list[Sample], row: str, loop: str, per_cpu: bool) -> list[float]:
+    """One cell's successful samples, as throughput or as work per server CPU-second."""
+    ok = [s for s in samples if s.row == row and s.loop == loop and s.ok]
+    return [s.per_cpu_second if per_cpu else s.per_second for s in ok]
+
+
+def behind_table(rows: list[Row], others: list[str], subject: str, samples: list[Sample], med: Medians) -> list[str]:
+    """The rows where the subject's median is below another loop's, each with a bootstrap interval."""
+    lines = []
+    for idx, what in ((0, "throughput"), (1, "work per server CPU-second")):
+        found = []
+        for row in rows:
+            for o in others:
+                r = med[row.name, subject][idx] / med[row.name, o][idx]
+                if r < 1:
+                    mine, theirs = (sample_values(samples, row.name, n, per_cpu=idx == 1) for n in (subject, o))
+                    found.append(f"- {row.name}: {r:.2f} of {o} ({behind_verdict(mine, theirs)})")
+        lines += [f"Rows where {subject}'s median {what} is below another loop's:", ""]
+        lines += found or ["- none"]
+        lines.append("")
+    lines += [
+        "Each interval is a percentile bootstrap of the ratio of medians (`bench/stats.py`): a row is behind in a"
+        " way this run can show only if the whole interval lies below 1.",
+        "",
+    ]
+    return lines
+
+
 def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample], args) -> tuple[str, bool]:
-    med: dict[tuple[str, str], tuple[float, float]] = {}
+    med: Medians = {}
     spread: dict[tuple[str, str], float] = {}
     failed = False
     for row in rows:
@@ -358,6 +391,7 @@ def report(rows: list[Row], loops: list[str], subject: str, samples: list[Sample
         " TLS) or whose samples all failed (reported on stderr)."
     )
     lines.append("")
+    lines += behind_table(rows, others, subject, samples, med)
     lines += cpu_split_table(rows, loops, subject, samples)
     lines.append("")
     lines.append("Peak RSS of the server process (VmHWM, MiB, median over samples):")

@@ -57,3 +57,36 @@ def test_instruction_counter_prints_a_count_per_loop_and_row():
     row = next(line for line in done.stdout.splitlines() if line.startswith("| call_soon |"))
     count = int(row.split("|")[2])
     assert count > 100  # a callback costs hundreds of instructions at the very least
+
+
+def load_bench_stats():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import stats
+    finally:
+        sys.path.remove(str(BENCH))
+    return stats
+
+
+def test_ratio_interval_reaches_one_for_samples_from_the_same_spread():
+    stats = load_bench_stats()
+    mine = [62.1, 62.7, 92.8, 62.9, 81.1, 62.4, 76.4, 82.6, 70.5]
+    theirs = [65.9, 66.7, 84.2, 88.1, 59.5, 90.7, 66.4, 81.4, 74.3]
+    low, high = stats.ratio_interval(mine, theirs)
+    assert low < 1 <= high
+    assert "within the noise" in stats.behind_verdict(mine, theirs)
+
+
+def test_ratio_interval_lies_below_one_when_every_sample_is_lower():
+    stats = load_bench_stats()
+    mine = [70.0, 72.0, 71.0, 69.0, 73.0]
+    theirs = [90.0, 91.0, 89.0, 92.0, 88.0]
+    low, high = stats.ratio_interval(mine, theirs)
+    assert low <= 71 / 90 <= high < 1
+    assert stats.behind_verdict(mine, theirs).endswith(": behind")
+
+
+def test_ratio_interval_is_the_same_when_computed_twice():
+    stats = load_bench_stats()
+    mine, theirs = [1.0, 2.0, 3.0, 4.0], [2.0, 2.5, 3.5, 1.5]
+    assert stats.ratio_interval(mine, theirs) == stats.ratio_interval(mine, theirs)

@@ -5,14 +5,20 @@ writes made by one of the loop's callbacks until it returns and sends them toget
 `transport/socket.rs`). Each test here checks, on both loops, a case where that could show:
 the order of writes of different kinds and sizes, `get_write_buffer_size()` right after a write,
 a close, a `write_eof()`, an `abort()`, a stop or an interrupt in the same callback, a write made
-while the loop is not running, flow control, and many transports written in one turn.
+while the loop is not running, flow control, many transports written in one turn, a write to a
+reset connection followed by `drain()`, a signal handler that writes and interrupts the loop,
+and a `fork()` right after a write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
+import struct
+import threading
 
 import pytest
 
@@ -252,3 +258,81 @@ def test_one_callback_writing_to_many_transports_reaches_every_peer(loop):
             loop.run_until_complete(asyncio.wait_for(protocol.lost, WAIT))
         for _, theirs in pairs:
             theirs.close()
+
+
+def test_drain_after_writes_to_a_reset_connection_raises_each_time(loop):
+    # asyncio's write() sends at once, fails, and closes the transport: is_closing() is true at
+    # once, so drain() gives the loop a turn and raises. A deferred write must not hide that.
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    outcomes = []
+
+    async def main():
+        _, writer = await asyncio.open_connection(sock=client)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.close()  # a reset, which reaches the client's socket before the loop's next turn
+        for _ in range(3):
+            writer.write(b"x")
+            try:
+                await writer.drain()
+                outcomes.append("drained")
+            except ConnectionError:
+                outcomes.append("raised")
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    loop.run_until_complete(asyncio.wait_for(main(), WAIT))
+    assert outcomes == ["raised"] * 3
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
+def test_a_write_from_a_signal_handler_that_interrupts_the_loop_is_sent_and_so_are_later_ones(loop, raw_peer):
+    transport, _, peer = raw_peer
+
+    def handler(signum, frame):
+        transport.write(b"bye")
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    # Sent to the main thread while the loop waits in its poll, with nothing else to do.
+    timer = threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1))
+    guard = loop.call_later(WAIT, loop.stop)
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+    finally:
+        timer.join()
+        guard.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert receive_exactly(peer, 3) == b"bye"
+    transport.write(b"+more")  # the loop is not running: sent at once
+    assert receive_exactly(peer, 5) == b"+more"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_write_right_before_fork_in_a_callback_reaches_the_peer_once(loop, raw_peer):
+    # asyncio sent the write before the fork; a child that returns to its copy of the loop must
+    # not send it again.
+    transport, _, peer = raw_peer
+    parent = os.getpid()
+
+    def write_and_fork():
+        transport.write(b"once")
+        pid = os.fork()
+        if pid == 0:
+            return  # the child goes back to its loop, then leaves below
+        os.waitpid(pid, 0)
+
+    try:
+        run_callback(loop, write_and_fork)
+    finally:
+        if os.getpid() != parent:
+            os._exit(0)
+    assert receive_exactly(peer, 4) == b"once"
+    peer.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        peer.recv(100)

@@ -110,9 +110,9 @@ class _NativeTransport(transports.BaseTransport):
         info = [type(self).__name__]
         core = getattr(self, "_core", None)
         open_ = core is not None and self._owned() is not None
-        if not open_:
+        if core is None or not open_:
             info.append("closed")
-        elif self.is_closing():
+        elif core._closing_flag():  # without sending held writes: a repr changes nothing
             info.append("closing")
         info.append(f"fd={fd}")
         loop = core._loop if core is not None else None
@@ -162,7 +162,7 @@ class _NativeTransport(transports.BaseTransport):
 
     @property
     def _closing(self) -> bool:
-        return self._core.is_closing()
+        return self._core._closing_flag()
 
     def _fatal_error(self, exc: BaseException, message: str | None = None) -> None:
         self._core._fatal_error(exc, message or self._fatal_message)

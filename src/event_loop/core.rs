@@ -143,6 +143,17 @@ fn loop_time(slf: &Bound<'_, LoopBase>) -> PyResult<f64> {
 
 /// Runs one turn of the loop.
 pub fn run_once(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
+    let turn = turn(slf);
+    if turn.is_err() && slf.borrow().has_deferred_writes() {
+        // A signal handler or a replaced `time()` raised before the callbacks ran: what was
+        // written meanwhile goes now, as asyncio would already have sent it, instead of waiting
+        // for the loop's next run.
+        return turn.and(LoopBase::flush_deferred_writes(slf));
+    }
+    turn
+}
+
+fn turn(slf: &Bound<'_, LoopBase>) -> PyResult<()> {
     let py = slf.py();
     if slf.borrow().ready.is_empty() {
         // A signal Python has noted but not handled yet must be handled before the poll may block:

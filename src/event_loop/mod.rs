@@ -654,11 +654,19 @@ impl LoopBase {
 
     /// Give a forked child its own poller: the epoll set and eventfd are shared with the parent
     /// after `fork()`, so registering fds in the child would change the parent's interest set.
-    /// Watched fds are registered again in the new poller.
-    fn _reinit_after_fork(&mut self) -> PyResult<()> {
+    /// Watched fds are registered again in the new poller. Writes deferred by the callback that
+    /// forked are dropped here: the parent sends them (asyncio had sent them before the fork).
+    fn _reinit_after_fork(&mut self, py: Python<'_>) -> PyResult<()> {
         if self.closed {
             return Ok(());
         }
+        let dropped: Vec<_> = self
+            .deferred_writes
+            .drain(..)
+            .map(|core| core.borrow_mut(py).discard_deferred())
+            .collect();
+        // Only `bytes` and copies: releasing them runs no Python code.
+        drop(dropped);
         let poller = Arc::new(Poller::new().map_err(|e| os_error(&e))?);
         // An fd closed without remove_reader() cannot be registered again; it is skipped (as it
         // would fail on its next use in the parent too), and the new poller is installed anyway.

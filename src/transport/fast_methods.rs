@@ -85,6 +85,6 @@ unsafe extern "C" fn is_closing(slf: *mut ffi::PyObject, args: *mut ffi::PyObjec
 unsafe fn is_closing_impl(py: Python<'_>, slf: *mut ffi::PyObject) -> PyResult<*mut ffi::PyObject> {
     // SAFETY: `slf` is the borrowed `self` of the call.
     let transport = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    let closing = core(&transport)?.borrow().is_closing();
+    let closing = SocketCore::is_closing(&core(&transport)?)?;
     Ok(pyo3::types::PyBool::new(py, closing).to_owned().into_ptr())
 }

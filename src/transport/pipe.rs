@@ -215,6 +215,11 @@ impl PipeCore {
         self.closing
     }
 
+    /// The same as `is_closing()` (pipes do not defer writes), under the name `repr` uses.
+    fn _closing_flag(&self) -> bool {
+        self.closing
+    }
+
     fn is_reading(&self) -> bool {
         self.is_reading_now()
     }

@@ -331,12 +331,19 @@ impl SocketCore {
         if slf.borrow().deferred {
             {
                 let mut s = slf.borrow_mut();
+                let still_deferring = s
+                    .link
+                    .event_loop
+                    .as_ref()
+                    .is_some_and(|event_loop| event_loop.borrow(py).defers_writes());
                 let room = s.link.high_water.saturating_sub(s.buffer.len());
-                if queue_all(&mut s.buffer, data, room)?.is_some() {
+                if still_deferring && queue_all(&mut s.buffer, data, room)?.is_some() {
                     return Ok(());
                 }
             }
-            // Past the high-water mark: what waits goes now, then this write as any other.
+            // Past the high-water mark, or the loop is no longer running callbacks (a turn that
+            // an exception ended before its flush, then a write from outside the loop): what
+            // waits goes now, then this write as any other.
             Self::flush_deferred(slf)?;
             if slf.borrow().conn_lost > 0 {
                 return Ok(());
@@ -388,6 +395,17 @@ impl SocketCore {
             s.deferred = false;
         }
         Self::send_buffered(slf)
+    }
+
+    /// Drops what deferred writes left, unsent: in a child process after `fork()`, whose parent
+    /// sends them (asyncio had sent them before the fork). Returns the references to drop once
+    /// the core is no longer borrowed.
+    pub(crate) fn discard_deferred(&mut self) -> Unsent {
+        if self.deferred {
+            self.clear_unsent()
+        } else {
+            Unsent::default()
+        }
     }
 
     /// Reports an error from sending deferred writes as asyncio reports one from a callback:
@@ -616,7 +634,16 @@ impl SocketCore {
         Ok(())
     }
 
-    pub(super) fn is_closing(&self) -> bool {
+    /// Sends deferred writes first: asyncio's `write()` would have sent them, and a send that
+    /// failed would already have closed the transport (so `drain()` raises instead of
+    /// reporting success on a dead connection).
+    pub(super) fn is_closing(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        Self::flush_deferred(slf)?;
+        Ok(slf.borrow().closing)
+    }
+
+    /// `is_closing()` without sending deferred writes first, for `repr` and `_closing`.
+    fn _closing_flag(&self) -> bool {
         self.closing
     }
 
