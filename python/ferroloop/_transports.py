@@ -162,7 +162,7 @@ class _NativeTransport(transports.BaseTransport):
 
     @property
     def _closing(self) -> bool:
-        return self._core._closing_flag()
+        return self._core.is_closing()
 
     def _fatal_error(self, exc: BaseException, message: str | None = None) -> None:
         self._core._fatal_error(exc, message or self._fatal_message)

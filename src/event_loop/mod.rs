@@ -660,13 +660,10 @@ impl LoopBase {
         if self.closed {
             return Ok(());
         }
-        let dropped: Vec<_> = self
-            .deferred_writes
-            .drain(..)
-            .map(|core| core.borrow_mut(py).discard_deferred())
-            .collect();
-        // Only `bytes` and copies: releasing them runs no Python code.
-        drop(dropped);
+        for core in self.deferred_writes.drain(..) {
+            // Only `bytes` and copies: releasing them runs no Python code.
+            drop(core.borrow_mut(py).discard_deferred());
+        }
         let poller = Arc::new(Poller::new().map_err(|e| os_error(&e))?);
         // An fd closed without remove_reader() cannot be registered again; it is skipped (as it
         // would fail on its next use in the parent too), and the new poller is installed anyway.

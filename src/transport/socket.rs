@@ -642,7 +642,7 @@ impl SocketCore {
         Ok(slf.borrow().closing)
     }
 
-    /// `is_closing()` without sending deferred writes first, for `repr` and `_closing`.
+    /// `is_closing()` without sending deferred writes first, for `repr`.
     fn _closing_flag(&self) -> bool {
         self.closing
     }
